@@ -1,0 +1,7 @@
+//! End-to-end tests: the real binary programs the real kernel inside network namespaces the
+//! tests create, and real TCP/UDP packets check the result. Needs root.
+
+mod clusterip;
+mod harness;
+mod lifecycle;
+mod objects;

@@ -1,0 +1,159 @@
+//! kube-nft-proxy: command line and wiring only.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use tracing::{error, info};
+
+use kube_nft_proxy::backend::nft::NftBackend;
+use kube_nft_proxy::backend::{Backend, Offline, script};
+use kube_nft_proxy::config::{Cli, Command, ProxyArgs, Settings, SourceKind};
+use kube_nft_proxy::http::{self, Health};
+use kube_nft_proxy::metrics::Metrics;
+use kube_nft_proxy::plan::NodeSettings;
+use kube_nft_proxy::reconciler::{Reconciler, Timing};
+use kube_nft_proxy::source::Event;
+use kube_nft_proxy::source::files::FileSource;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Run(args) => run(&args),
+        Command::Render(args) => render(&args),
+        Command::Cleanup => cleanup(),
+    }
+}
+
+fn node_settings(settings: &Settings) -> NodeSettings {
+    NodeSettings {
+        node_name: settings.node_name.clone(),
+        cluster_cidrs: settings.cluster_cidrs,
+        masquerade_all: settings.masquerade_all,
+        masquerade_mark: settings.masquerade_mark(),
+        node: None,
+    }
+}
+
+fn manifest_dir(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    match &settings.source {
+        SourceKind::Dir(dir) => {
+            std::fs::read_dir(dir)
+                .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
+            Ok(dir.clone())
+        }
+        SourceKind::Kubernetes { .. } => {
+            bail!("the Kubernetes API source is not available yet; use --from-dir DIR")
+        }
+    }
+}
+
+/// `render`: the whole ruleset as an nft script, from the manifests, without touching the kernel.
+fn render(args: &ProxyArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    let dir = manifest_dir(&settings)?;
+    let metrics = Metrics::new()?;
+    let changes = FileSource::new(dir, metrics.clone()).rescan()?;
+    let mut reconciler = Reconciler::new(
+        Timing::default(),
+        node_settings(&settings),
+        Box::new(Offline),
+        metrics,
+    )?;
+    reconciler.handle(Event::Changes(changes));
+    print!("{}", script::script(&reconciler.transaction_from_empty()));
+    Ok(())
+}
+
+/// `cleanup`: delete our tables.
+fn cleanup() -> anyhow::Result<()> {
+    let deleted = NftBackend::default().delete_tables()?;
+    info!(tables = deleted, "removed kube-nft-proxy tables");
+    Ok(())
+}
+
+/// `run`: program the kernel and keep it in sync until SIGTERM/SIGINT.
+fn run(args: &ProxyArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args)?;
+    let dir = manifest_dir(&settings)?;
+    let metrics = Metrics::new()?;
+    let backend = NftBackend::default();
+    let reconciler = Reconciler::new(
+        Timing {
+            min_sync_period: settings.min_sync_period,
+            sync_period: settings.sync_period,
+            stale_chain_delay: Duration::from_secs(1),
+        },
+        node_settings(&settings),
+        Box::new(backend),
+        metrics.clone(),
+    )?;
+    let health = Health {
+        status: reconciler.status(),
+        timeout: settings.sync_period * 2,
+    };
+    info!(node = %settings.node_name, dir = %dir.display(), "starting kube-nft-proxy");
+
+    let (events, inbox) = mpsc::channel();
+    let worker = thread::Builder::new()
+        .name("reconciler".into())
+        .spawn(move || reconciler.run(inbox))?;
+    let source_events = events.clone();
+    let source = FileSource::new(dir, metrics.clone());
+    thread::Builder::new()
+        .name("file-source".into())
+        .spawn(move || {
+            if let Err(e) = source.run(source_events) {
+                error!(error = %e, "manifest source stopped; rules stay as they are");
+            }
+        })?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if let Some(addr) = settings.metrics_bind_address {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = http::serve_metrics(addr, metrics).await {
+                    error!(%addr, error = %e, "metrics server failed");
+                }
+            });
+        }
+        if let Some(addr) = settings.healthz_bind_address {
+            tokio::spawn(async move {
+                if let Err(e) = http::serve_health(addr, health).await {
+                    error!(%addr, error = %e, "health server failed");
+                }
+            });
+        }
+        wait_for_signal().await
+    })?;
+    info!("shutting down; rules stay in place");
+    let _ = events.send(Event::Shutdown);
+    if worker.join().is_err() {
+        bail!("the reconciler thread panicked");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

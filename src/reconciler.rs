@@ -1,0 +1,421 @@
+//! The sync loop: applies source events to the state, and when something changed (at most once
+//! per min-sync-period) plans and renders the changed Services, diffs them against the kernel
+//! mirror and applies the transaction. A failed transaction changes nothing; the next attempt
+//! (with backoff) re-reads the kernel and does a full diff. Chains that are no longer needed are
+//! flushed at once and deleted after a delay.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{debug, info, warn};
+
+use crate::backend::Backend;
+use crate::diff::{Scope, Transaction, diff};
+use crate::metrics::Metrics;
+use crate::model::{Family, ServiceKey};
+use crate::plan::{NodeSettings, plan_service};
+use crate::render::{RenderError, Renderer};
+use crate::ruleset::desired::Owner;
+use crate::ruleset::kernel::ChainContent;
+use crate::ruleset::{ChainName, KernelState, ObjectRef, Ruleset};
+use crate::source::Event;
+use crate::state::State;
+
+/// Timing of the loop.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// Least time between the end of one sync and the start of the next.
+    pub min_sync_period: Duration,
+    /// Longest retry backoff after a failed sync (also the health timeout is twice this).
+    pub sync_period: Duration,
+    /// How long a flushed chain waits before it is deleted.
+    pub stale_chain_delay: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            min_sync_period: Duration::from_secs(1),
+            sync_period: Duration::from_secs(30),
+            stale_chain_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Sync progress shared with the health endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct SyncStatus {
+    /// When changes became pending that are not applied yet.
+    pub queued_since: Option<SystemTime>,
+    /// End of the last successful sync.
+    pub last_updated: Option<SystemTime>,
+}
+
+/// The result of one sync.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Nothing differed; nothing was sent.
+    Unchanged,
+    /// A transaction of this many kernel objects was applied.
+    Applied { operations: usize },
+    /// The backend failed; nothing changed in the kernel.
+    Failed,
+}
+
+/// Owns the state, the desired ruleset, the kernel mirror and the backend.
+pub struct Reconciler {
+    timing: Timing,
+    settings: NodeSettings,
+    state: State,
+    renderer: Renderer,
+    desired: Ruleset,
+    /// `None`: unknown, read it before the next diff.
+    kernel: Option<KernelState>,
+    backend: Box<dyn Backend>,
+    metrics: Metrics,
+    status: Arc<Mutex<SyncStatus>>,
+    /// Objects touched by changes not yet applied.
+    touched: BTreeSet<ObjectRef>,
+    /// Next sync must diff everything (start-up, after a failure).
+    full: bool,
+    /// The base ruleset and every Service must be rendered again (start-up, node change).
+    rerender_all: bool,
+    stale: BTreeMap<(Family, ChainName), Instant>,
+    source_synced: bool,
+    last_sync_end: Option<Instant>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl Reconciler {
+    pub fn new(
+        timing: Timing,
+        settings: NodeSettings,
+        backend: Box<dyn Backend>,
+        metrics: Metrics,
+    ) -> Result<Reconciler, RenderError> {
+        Ok(Reconciler {
+            state: State::new(&settings.node_name),
+            timing,
+            settings,
+            renderer: Renderer::new()?,
+            desired: Ruleset::new(),
+            kernel: None,
+            backend,
+            metrics,
+            status: Arc::new(Mutex::new(SyncStatus::default())),
+            touched: BTreeSet::new(),
+            full: true,
+            rerender_all: true,
+            stale: BTreeMap::new(),
+            source_synced: false,
+            last_sync_end: None,
+            failures: 0,
+            retry_at: None,
+        })
+    }
+
+    /// The status the health endpoints read.
+    pub fn status(&self) -> Arc<Mutex<SyncStatus>> {
+        self.status.clone()
+    }
+
+    /// The desired ruleset (for `render` and tests).
+    pub fn desired(&self) -> &Ruleset {
+        &self.desired
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Applies one source event; returns false on [`Event::Shutdown`].
+    pub fn handle(&mut self, event: Event) -> bool {
+        match event {
+            Event::Changes(changes) => {
+                let mut any = false;
+                for change in changes {
+                    any |= self.state.apply(change);
+                }
+                if any {
+                    self.mark_queued();
+                }
+            }
+            Event::Synced => {
+                self.source_synced = true;
+                self.mark_queued();
+            }
+            Event::Shutdown => return false,
+        }
+        true
+    }
+
+    fn mark_queued(&self) {
+        if let Ok(mut s) = self.status.lock() {
+            s.queued_since.get_or_insert_with(SystemTime::now);
+        }
+    }
+
+    /// Whether a sync has work to do.
+    fn sync_wanted(&self) -> bool {
+        self.source_synced
+            && (self.state.has_changes() || self.full || self.rerender_all || self.kernel.is_none())
+    }
+
+    /// When the next sync (or stale-chain deletion) should start, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut deadline = None::<Instant>;
+        if self.sync_wanted() {
+            let mut at = self
+                .last_sync_end
+                .map(|t| t + self.timing.min_sync_period)
+                .unwrap_or_else(Instant::now);
+            if let Some(retry) = self.retry_at {
+                at = at.max(retry);
+            }
+            deadline = Some(at);
+        }
+        if self.source_synced
+            && let Some(oldest) = self.stale.values().min()
+        {
+            let at = *oldest + self.timing.stale_chain_delay;
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        }
+        deadline
+    }
+
+    /// The transaction that creates everything from nothing (for `render`).
+    pub fn transaction_from_empty(&mut self) -> Transaction {
+        self.render_changes();
+        diff(&KernelState::default(), &self.desired, Scope::Full, &[])
+    }
+
+    /// Renders what changed, diffs and applies. `now` decides which stale chains are due.
+    pub fn sync(&mut self, now: Instant) -> SyncOutcome {
+        let started = Instant::now();
+        self.render_changes();
+        if self.kernel.is_none() {
+            match self.backend.read() {
+                Ok(kernel) => self.kernel = Some(kernel),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the kernel's ruleset");
+                    return self.failed(now);
+                }
+            }
+        }
+        let Some(kernel) = self.kernel.as_ref() else {
+            return self.failed(now);
+        };
+        let due: Vec<(Family, ChainName)> = self
+            .stale
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= self.timing.stale_chain_delay)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let scope = if self.full {
+            Scope::Full
+        } else {
+            Scope::Objects(&self.touched)
+        };
+        let tx = diff(kernel, &self.desired, scope, &due);
+        let outcome = if tx.is_empty() {
+            debug!("sync: nothing to change");
+            SyncOutcome::Unchanged
+        } else {
+            match self.backend.apply(&tx) {
+                Ok(()) => {
+                    let operations = tx.size();
+                    self.committed(&tx, now);
+                    self.metrics.transaction_size.observe(operations as f64);
+                    info!(
+                        operations,
+                        services = self.state.service_count(),
+                        full = self.full,
+                        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "synced rules"
+                    );
+                    SyncOutcome::Applied { operations }
+                }
+                Err(e) => {
+                    warn!(error = %e, operations = tx.size(), "transaction refused; nothing changed, will retry with a full sync");
+                    return self.failed(now);
+                }
+            }
+        };
+        // Chains due for deletion that the diff did not delete are no longer stale (re-used)
+        // or already gone.
+        let (desired, kernel) = (&self.desired, &self.kernel);
+        self.stale.retain(|(f, name), _| {
+            desired.chain(*f, name).is_none() && is_empty_in_kernel(kernel.as_ref(), *f, name)
+        });
+        if self.full {
+            self.adopt_leftover_stale_chains(now);
+        }
+        self.touched.clear();
+        self.full = false;
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_sync_end = Some(Instant::now());
+        self.metrics
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .services
+            .set(i64::try_from(self.state.service_count()).unwrap_or(i64::MAX));
+        let wall = SystemTime::now();
+        if let Ok(since_epoch) = wall.duration_since(SystemTime::UNIX_EPOCH) {
+            self.metrics
+                .last_sync_timestamp
+                .set(i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX));
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.last_updated = Some(wall);
+            if !self.state.has_changes() {
+                s.queued_since = None;
+            }
+        }
+        outcome
+    }
+
+    /// After a full diff, empty chains we do not want (left by an earlier run) become stale.
+    fn adopt_leftover_stale_chains(&mut self, now: Instant) {
+        let Some(kernel) = &self.kernel else { return };
+        for family in Family::ALL {
+            let Some(table) = kernel.table(family) else {
+                continue;
+            };
+            for (name, chain) in &table.chains {
+                if chain.content == ChainContent::Empty
+                    && self.desired.chain(family, name).is_none()
+                {
+                    self.stale.entry((family, name.clone())).or_insert(now);
+                }
+            }
+        }
+    }
+
+    fn committed(&mut self, tx: &Transaction, now: Instant) {
+        for (family, name) in tx.newly_stale(&self.desired) {
+            self.stale.entry((family, name.clone())).or_insert(now);
+        }
+        if let Some(kernel) = self.kernel.as_mut() {
+            kernel.apply(tx);
+        }
+    }
+
+    fn failed(&mut self, now: Instant) -> SyncOutcome {
+        self.metrics.sync_failures.inc();
+        self.failures = self.failures.saturating_add(1);
+        let backoff = Duration::from_secs(1 << self.failures.min(6)).min(self.timing.sync_period);
+        self.retry_at = Some(now + backoff);
+        // The kernel is unchanged but our mirror may be wrong (someone else touched the table):
+        // read it again and diff everything.
+        self.kernel = None;
+        self.full = true;
+        self.touched.clear();
+        self.last_sync_end = Some(Instant::now());
+        SyncOutcome::Failed
+    }
+
+    /// Plans and renders every Service whose objects changed (all of them after a node change).
+    fn render_changes(&mut self) {
+        let changes = self.state.take_changes();
+        let services: Vec<ServiceKey> = if self.rerender_all || changes.node {
+            self.settings.node = self.state.node().cloned();
+            match self.renderer.base(&self.settings) {
+                Ok(items) => {
+                    let conflicts = self.desired.replace(Owner::Base, items, &mut self.touched);
+                    self.report_conflicts(conflicts);
+                }
+                Err(e) => warn!(error = %e, "cannot render the base ruleset"),
+            }
+            let mut all: BTreeSet<ServiceKey> = self.state.service_keys().cloned().collect();
+            all.extend(self.desired.owners().filter_map(|o| match o {
+                Owner::Service(k) => Some(k.clone()),
+                Owner::Base => None,
+            }));
+            self.rerender_all = false;
+            all.into_iter().collect()
+        } else {
+            changes.services.into_iter().collect()
+        };
+        for key in services {
+            self.render_service(key);
+        }
+    }
+
+    fn render_service(&mut self, key: ServiceKey) {
+        let owner = Owner::Service(key.clone());
+        let Some(service) = self.state.service(&key).cloned() else {
+            self.desired.remove(&owner, &mut self.touched);
+            return;
+        };
+        let plan = plan_service(&service, &self.state.slices_of(&key), &self.settings);
+        match self.renderer.service(&plan, &self.settings) {
+            Ok(items) => {
+                let conflicts = self.desired.replace(owner, items, &mut self.touched);
+                self.report_conflicts(conflicts);
+            }
+            Err(e) => {
+                warn!(service = %key, error = %e, "cannot program Service; skipping it");
+                self.metrics.invalid("Service", "unrenderable");
+                self.desired.remove(&owner, &mut self.touched);
+            }
+        }
+    }
+
+    fn report_conflicts(&self, conflicts: Vec<crate::ruleset::desired::Conflict>) {
+        for c in conflicts {
+            warn!(object = ?c.object, used = %c.winner, ignored = %c.loser, "two Services want the same rule object; the first one wins");
+            self.metrics.conflicts.inc();
+        }
+    }
+
+    /// Runs until [`Event::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, events: mpsc::Receiver<Event>) {
+        loop {
+            let event = match self.next_deadline() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match events.recv_timeout(wait) {
+                        Ok(e) => Some(e),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                None => match events.recv() {
+                    Ok(e) => Some(e),
+                    Err(_) => return,
+                },
+            };
+            if let Some(event) = event {
+                if !self.handle(event) {
+                    info!("stopping; rules stay in place");
+                    return;
+                }
+                // Take everything already queued before deciding.
+                while let Ok(e) = events.try_recv() {
+                    if !self.handle(e) {
+                        info!("stopping; rules stay in place");
+                        return;
+                    }
+                }
+            }
+            if self.next_deadline().is_some_and(|d| d <= Instant::now()) {
+                self.sync(Instant::now());
+            }
+        }
+    }
+}
+
+/// Whether the kernel mirror holds `name` as an empty chain.
+fn is_empty_in_kernel(kernel: Option<&KernelState>, family: Family, name: &ChainName) -> bool {
+    kernel
+        .and_then(|k| k.table(family))
+        .and_then(|t| t.chains.get(name))
+        .is_some_and(|c| c.content == ChainContent::Empty)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! The rendered text of each kind of chain and element, as operators will see it.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::fixtures::{ServiceBuilder, SliceBuilder};
+use crate::model::Cidr;
+use crate::plan::plan_service;
+use crate::ruleset::Ruleset;
+use crate::ruleset::desired::Owner;
+
+fn node(masquerade_all: bool) -> NodeSettings {
+    NodeSettings {
+        node_name: "node1".into(),
+        cluster_cidrs: [Some(Cidr::parse("10.0.0.0/8").unwrap()), None],
+        masquerade_all,
+        masquerade_mark: 0x4000,
+        node: None,
+    }
+}
+
+/// Renders one service and returns `chain name → rule lines` and `set → element lines`.
+fn render(
+    svc: &ServiceBuilder,
+    slices: &[SliceBuilder],
+    node: &NodeSettings,
+) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+    let renderer = Renderer::new().unwrap();
+    let slices: Vec<_> = slices.iter().map(|s| s.model().unwrap()).collect();
+    let plan = plan_service(&svc.model().unwrap(), &slices, node);
+    let mut chains = Vec::new();
+    let mut elements = Vec::new();
+    for item in renderer.service(&plan, node).unwrap() {
+        match item {
+            Item::Chain {
+                family,
+                name,
+                chain,
+            } => chains.push((
+                format!("{} {name}", family.nft_name()),
+                chain.rules.iter().map(|r| r.to_string()).collect(),
+            )),
+            Item::Element {
+                family,
+                set,
+                key,
+                value,
+            } => {
+                let mut line = format!("{} {set} {key}", family.nft_name());
+                if let Some(c) = value.comment {
+                    line += &format!(" comment \"{c}\"");
+                }
+                if let Some(v) = value.verdict {
+                    line += &format!(" : {v}");
+                }
+                elements.push(line);
+            }
+            Item::Set { .. } => panic!("services declare no sets"),
+        }
+    }
+    (chains, elements)
+}
+
+fn svc1() -> ServiceBuilder {
+    ServiceBuilder::new("ns1", "svc1")
+        .cluster_ip("172.30.0.41")
+        .port("p80", 80, "TCP")
+}
+
+fn svc1_slice() -> SliceBuilder {
+    SliceBuilder::new("ns1", "svc1-a", "svc1", "IPv4")
+        .port("p80", 80, "TCP")
+        .endpoint("10.0.1.1", "node1")
+        .endpoint("10.0.1.2", "node2")
+}
+
+#[test]
+fn a_cluster_ip_service_with_two_endpoints() {
+    let (chains, elements) = render(&svc1(), &[svc1_slice()], &node(false));
+    assert_eq!(
+        chains,
+        vec![
+            (
+                "ip endpoint-ns1/svc1/tcp/p80__10.0.1.1/80".to_string(),
+                vec![
+                    "ip saddr 10.0.1.1 jump mark-for-masquerade".to_string(),
+                    "meta l4proto tcp dnat to 10.0.1.1:80".to_string()
+                ]
+            ),
+            (
+                "ip endpoint-ns1/svc1/tcp/p80__10.0.1.2/80".to_string(),
+                vec![
+                    "ip saddr 10.0.1.2 jump mark-for-masquerade".to_string(),
+                    "meta l4proto tcp dnat to 10.0.1.2:80".to_string()
+                ]
+            ),
+            (
+                "ip service-ns1/svc1/tcp/p80".to_string(),
+                vec![
+                    "ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade".to_string(),
+                    "numgen random mod 2 vmap { 0 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.1/80, 1 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.2/80 }".to_string()
+                ]
+            ),
+        ]
+    );
+    assert_eq!(
+        elements,
+        vec![
+            "ip cluster-ips 172.30.0.41",
+            "ip service-ips 172.30.0.41 . tcp . 80 : goto service-ns1/svc1/tcp/p80"
+        ]
+    );
+}
+
+#[test]
+fn masquerade_all_masquerades_every_cluster_ip_packet() {
+    let (chains, _) = render(&svc1(), &[svc1_slice()], &node(true));
+    let service = &chains
+        .iter()
+        .find(|(n, _)| n.contains("service-"))
+        .unwrap()
+        .1;
+    assert_eq!(service[0], "ip daddr 172.30.0.41 jump mark-for-masquerade");
+}
+
+#[test]
+fn without_a_cluster_cidr_cluster_ip_traffic_is_not_masqueraded() {
+    let mut n = node(false);
+    n.cluster_cidrs = [None, None];
+    let (chains, _) = render(&svc1(), &[svc1_slice()], &n);
+    let service = &chains
+        .iter()
+        .find(|(n, _)| n.contains("service-"))
+        .unwrap()
+        .1;
+    assert_eq!(service.len(), 1);
+    assert!(service[0].starts_with("numgen"));
+}
+
+#[test]
+fn a_service_without_endpoints_is_rejected() {
+    let (chains, elements) = render(&svc1(), &[], &node(false));
+    assert!(chains.is_empty());
+    assert_eq!(
+        elements,
+        vec![
+            "ip cluster-ips 172.30.0.41",
+            "ip no-endpoint-services 172.30.0.41 . tcp . 80 comment \"ns1/svc1:p80\" : goto reject-chain"
+        ]
+    );
+}
+
+#[test]
+fn ipv6_and_sctp() {
+    let svc = ServiceBuilder::new("ns", "dns")
+        .cluster_ip("fd00:172:30::41")
+        .port("", 53, "SCTP");
+    let slice = SliceBuilder::new("ns", "dns-1", "dns", "IPv6")
+        .port("", 5353, "SCTP")
+        .endpoint("fd00:10::1", "");
+    let (chains, elements) = render(&svc, &[slice], &node(false));
+    assert_eq!(chains[0].0, "ip6 endpoint-ns/dns/sctp/__fd00.10..1/5353");
+    assert_eq!(
+        chains[0].1[1],
+        "meta l4proto sctp dnat to [fd00:10::1]:5353"
+    );
+    assert_eq!(
+        chains[1].1.len(),
+        1,
+        "no IPv6 cluster CIDR: no masquerade rule"
+    );
+    assert_eq!(
+        elements[1],
+        "ip6 service-ips fd00:172:30::41 . sctp . 53 : goto service-ns/dns/sctp/"
+    );
+}
+
+#[test]
+fn base_ruleset_has_both_tables_and_the_mark() {
+    let renderer = Renderer::new().unwrap();
+    let items = renderer.base(&node(false)).unwrap();
+    let mut ruleset = Ruleset::new();
+    let mut touched = BTreeSet::new();
+    assert!(ruleset.replace(Owner::Base, items, &mut touched).is_empty());
+    for family in Family::ALL {
+        assert!(ruleset.has_table(family));
+        let masq = ruleset
+            .chain(family, &ChainName::new("masquerading").unwrap())
+            .unwrap();
+        let text: Vec<String> = masq.rules.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            text,
+            [
+                "meta mark & 0x00004000 == 0x00000000 return",
+                "meta mark set meta mark ^ 0x00004000",
+                "masquerade fully-random"
+            ]
+        );
+    }
+    let services = ruleset
+        .chain(Family::V6, &ChainName::new("services").unwrap())
+        .unwrap();
+    assert_eq!(
+        services.rules[0].to_string(),
+        "ip6 daddr . meta l4proto . th dport vmap @service-ips"
+    );
+}

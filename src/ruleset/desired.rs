@@ -1,0 +1,390 @@
+//! The desired ruleset, assembled from fragments: the base fragment (table layout) and one
+//! fragment per Service. Each object is *claimed* by the fragments that want it; when two owners
+//! want the same element or chain with different content, the first owner in order wins
+//! deterministically and the conflict is reported. Replacing one owner's fragment touches only
+//! that owner's objects, which is what keeps a sync proportional to the change.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use super::{Chain, ChainName, ElementKey, ElementValue, ObjectRef, SetName, SetSpec};
+use crate::model::{Family, ServiceKey};
+
+/// Who contributed an object.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Owner {
+    /// The table layout every node has.
+    Base,
+    Service(ServiceKey),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Base => f.write_str("base ruleset"),
+            Owner::Service(key) => write!(f, "Service {key}"),
+        }
+    }
+}
+
+/// One object of a fragment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Set {
+        family: Family,
+        name: SetName,
+        spec: Arc<SetSpec>,
+    },
+    Chain {
+        family: Family,
+        name: ChainName,
+        chain: Arc<Chain>,
+    },
+    Element {
+        family: Family,
+        set: SetName,
+        key: ElementKey,
+        value: ElementValue,
+    },
+}
+
+impl Item {
+    pub fn object_ref(&self) -> ObjectRef {
+        match self {
+            Item::Set { family, name, .. } => ObjectRef::Set(*family, name.clone()),
+            Item::Chain { family, name, .. } => ObjectRef::Chain(*family, name.clone()),
+            Item::Element {
+                family, set, key, ..
+            } => ObjectRef::Element(*family, set.clone(), key.clone()),
+        }
+    }
+}
+
+/// Two owners want one object with different content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub object: ObjectRef,
+    pub winner: Owner,
+    pub loser: Owner,
+}
+
+/// The owners wanting one object, in owner order; the first one's content is in force.
+#[derive(Debug)]
+struct Claims<T>(Vec<(Owner, T)>);
+
+impl<T: PartialEq + Clone> Claims<T> {
+    fn effective(&self) -> Option<&T> {
+        self.0.first().map(|(_, v)| v)
+    }
+
+    /// Adds a claim; returns the conflict if another owner wants different content.
+    fn claim(
+        &mut self,
+        owner: &Owner,
+        value: T,
+        object: impl FnOnce() -> ObjectRef,
+    ) -> Option<Conflict> {
+        if self.0.iter().any(|(o, _)| o == owner) {
+            return None;
+        }
+        let at = self.0.partition_point(|(o, _)| o < owner);
+        self.0.insert(at, (owner.clone(), value));
+        let (first_owner, first_value) = &self.0[0];
+        let differs = self.0.iter().any(|(_, v)| v != first_value);
+        differs.then(|| Conflict {
+            object: object(),
+            winner: first_owner.clone(),
+            loser: if first_owner == owner {
+                self.0[1].0.clone()
+            } else {
+                owner.clone()
+            },
+        })
+    }
+
+    fn release(&mut self, owner: &Owner) {
+        self.0.retain(|(o, _)| o != owner);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    sets: BTreeMap<SetName, Claims<Arc<SetSpec>>>,
+    chains: BTreeMap<ChainName, Claims<Arc<Chain>>>,
+    elements: BTreeMap<SetName, BTreeMap<ElementKey, Claims<ElementValue>>>,
+}
+
+/// The ruleset the current objects call for.
+#[derive(Debug, Default)]
+pub struct Ruleset {
+    fragments: HashMap<Owner, Vec<Item>>,
+    tables: [Table; 2],
+}
+
+impl Ruleset {
+    pub fn new() -> Ruleset {
+        Ruleset::default()
+    }
+
+    /// Replaces everything `owner` contributes. Every object whose content may have changed is
+    /// added to `touched`; conflicts with other owners are returned.
+    pub fn replace(
+        &mut self,
+        owner: Owner,
+        items: Vec<Item>,
+        touched: &mut BTreeSet<ObjectRef>,
+    ) -> Vec<Conflict> {
+        if self.fragments.get(&owner) == Some(&items) {
+            return Vec::new();
+        }
+        if let Some(old) = self.fragments.remove(&owner) {
+            for item in &old {
+                touched.insert(item.object_ref());
+                self.release(&owner, item);
+            }
+        }
+        let mut conflicts = Vec::new();
+        for item in &items {
+            touched.insert(item.object_ref());
+            conflicts.extend(self.claim(&owner, item));
+        }
+        if !items.is_empty() {
+            self.fragments.insert(owner, items);
+        }
+        conflicts
+    }
+
+    /// Removes everything `owner` contributes.
+    pub fn remove(&mut self, owner: &Owner, touched: &mut BTreeSet<ObjectRef>) {
+        self.replace(owner.clone(), Vec::new(), touched);
+    }
+
+    /// Owners that currently contribute something.
+    pub fn owners(&self) -> impl Iterator<Item = &Owner> {
+        self.fragments.keys()
+    }
+
+    fn claim(&mut self, owner: &Owner, item: &Item) -> Option<Conflict> {
+        match item {
+            Item::Set { family, name, spec } => self.tables[family.index()]
+                .sets
+                .entry(name.clone())
+                .or_insert_with(|| Claims(Vec::new()))
+                .claim(owner, spec.clone(), || item.object_ref()),
+            Item::Chain {
+                family,
+                name,
+                chain,
+            } => self.tables[family.index()]
+                .chains
+                .entry(name.clone())
+                .or_insert_with(|| Claims(Vec::new()))
+                .claim(owner, chain.clone(), || item.object_ref()),
+            Item::Element {
+                family,
+                set,
+                key,
+                value,
+            } => self.tables[family.index()]
+                .elements
+                .entry(set.clone())
+                .or_default()
+                .entry(key.clone())
+                .or_insert_with(|| Claims(Vec::new()))
+                .claim(owner, value.clone(), || item.object_ref()),
+        }
+    }
+
+    fn release(&mut self, owner: &Owner, item: &Item) {
+        match item {
+            Item::Set { family, name, .. } => {
+                let sets = &mut self.tables[family.index()].sets;
+                release_in(sets, name, owner);
+            }
+            Item::Chain { family, name, .. } => {
+                let chains = &mut self.tables[family.index()].chains;
+                release_in(chains, name, owner);
+            }
+            Item::Element {
+                family, set, key, ..
+            } => {
+                let elements = &mut self.tables[family.index()].elements;
+                if let Some(keys) = elements.get_mut(set) {
+                    release_in(keys, key, owner);
+                    if keys.is_empty() {
+                        elements.remove(set);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the family's table has anything in it.
+    pub fn has_table(&self, family: Family) -> bool {
+        let t = &self.tables[family.index()];
+        !(t.sets.is_empty() && t.chains.is_empty())
+    }
+
+    pub fn set(&self, family: Family, name: &SetName) -> Option<&Arc<SetSpec>> {
+        self.tables[family.index()]
+            .sets
+            .get(name)
+            .and_then(Claims::effective)
+    }
+
+    pub fn chain(&self, family: Family, name: &ChainName) -> Option<&Arc<Chain>> {
+        self.tables[family.index()]
+            .chains
+            .get(name)
+            .and_then(Claims::effective)
+    }
+
+    pub fn element(
+        &self,
+        family: Family,
+        set: &SetName,
+        key: &ElementKey,
+    ) -> Option<&ElementValue> {
+        self.tables[family.index()]
+            .elements
+            .get(set)
+            .and_then(|keys| keys.get(key))
+            .and_then(Claims::effective)
+    }
+
+    pub fn sets(&self, family: Family) -> impl Iterator<Item = (&SetName, &Arc<SetSpec>)> {
+        self.tables[family.index()]
+            .sets
+            .iter()
+            .filter_map(|(n, c)| c.effective().map(|s| (n, s)))
+    }
+
+    pub fn chains(&self, family: Family) -> impl Iterator<Item = (&ChainName, &Arc<Chain>)> {
+        self.tables[family.index()]
+            .chains
+            .iter()
+            .filter_map(|(n, c)| c.effective().map(|s| (n, s)))
+    }
+
+    pub fn elements(
+        &self,
+        family: Family,
+        set: &SetName,
+    ) -> impl Iterator<Item = (&ElementKey, &ElementValue)> {
+        self.tables[family.index()]
+            .elements
+            .get(set)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, c)| c.effective().map(|v| (k, v)))
+    }
+
+    /// Every object of a family, for full diffs.
+    pub fn object_refs(&self, family: Family) -> impl Iterator<Item = ObjectRef> + '_ {
+        let t = &self.tables[family.index()];
+        let sets = t
+            .sets
+            .keys()
+            .map(move |n| ObjectRef::Set(family, n.clone()));
+        let chains = t
+            .chains
+            .keys()
+            .map(move |n| ObjectRef::Chain(family, n.clone()));
+        let elements = t.elements.iter().flat_map(move |(set, keys)| {
+            keys.keys()
+                .map(move |k| ObjectRef::Element(family, set.clone(), k.clone()))
+        });
+        sets.chain(chains).chain(elements)
+    }
+}
+
+fn release_in<K: Ord, T: PartialEq + Clone>(
+    map: &mut BTreeMap<K, Claims<T>>,
+    key: &K,
+    owner: &Owner,
+) {
+    if let Some(claims) = map.get_mut(key) {
+        claims.release(owner);
+        if claims.0.is_empty() {
+            map.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Label;
+    use crate::ruleset::Verdict;
+
+    fn owner(name: &str) -> Owner {
+        Owner::Service(ServiceKey {
+            namespace: Label::parse("ns").unwrap(),
+            name: Label::parse(name).unwrap(),
+        })
+    }
+
+    fn element(chain: &str) -> Item {
+        Item::Element {
+            family: Family::V4,
+            set: SetName::new("service-ips").unwrap(),
+            key: ElementKey::Addr("10.0.0.1".parse().unwrap()),
+            value: ElementValue {
+                verdict: Some(Verdict::Goto(ChainName::new(chain).unwrap())),
+                comment: None,
+            },
+        }
+    }
+
+    fn effective(r: &Ruleset) -> Option<String> {
+        r.element(
+            Family::V4,
+            &SetName::new("service-ips").unwrap(),
+            &ElementKey::Addr("10.0.0.1".parse().unwrap()),
+        )
+        .map(|v| v.verdict.as_ref().unwrap().to_string())
+    }
+
+    #[test]
+    fn first_owner_wins_and_the_loser_takes_over_when_it_leaves() {
+        let mut r = Ruleset::new();
+        let mut touched = BTreeSet::new();
+        assert!(
+            r.replace(owner("b"), vec![element("chain-b")], &mut touched)
+                .is_empty()
+        );
+        let conflicts = r.replace(owner("a"), vec![element("chain-a")], &mut touched);
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].winner, owner("a"));
+        assert_eq!(conflicts[0].loser, owner("b"));
+        assert_eq!(effective(&r).as_deref(), Some("goto chain-a"));
+        r.remove(&owner("a"), &mut touched);
+        assert_eq!(effective(&r).as_deref(), Some("goto chain-b"));
+        r.remove(&owner("b"), &mut touched);
+        assert_eq!(effective(&r), None);
+        assert!(r.owners().next().is_none());
+    }
+
+    #[test]
+    fn identical_claims_do_not_conflict() {
+        let mut r = Ruleset::new();
+        let mut touched = BTreeSet::new();
+        r.replace(owner("a"), vec![element("x")], &mut touched);
+        assert!(
+            r.replace(owner("b"), vec![element("x")], &mut touched)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn an_unchanged_fragment_touches_nothing() {
+        let mut r = Ruleset::new();
+        let mut touched = BTreeSet::new();
+        r.replace(owner("a"), vec![element("x")], &mut touched);
+        touched.clear();
+        r.replace(owner("a"), vec![element("x")], &mut touched);
+        assert!(touched.is_empty());
+        r.replace(owner("a"), vec![element("y")], &mut touched);
+        assert_eq!(touched.len(), 1);
+    }
+}

@@ -1,0 +1,138 @@
+//! What the kernel holds in our tables, as far as the proxy knows: read once at start-up (or after
+//! a failure) and then kept current by applying each committed transaction to it, so syncs never
+//! need to list the kernel.
+
+use std::collections::BTreeMap;
+
+use super::{BaseChain, ChainName, Digest, ElementKey, ElementValue, SetName, SetSpec};
+use crate::diff::{Op, Transaction};
+use crate::model::Family;
+
+/// What a chain in the kernel contains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainContent {
+    /// No rules (a stale chain waiting for deletion, or a new one).
+    Empty,
+    /// Rules we wrote, identified by the digest in the first rule's comment.
+    Ours { digest: Digest, rules: usize },
+    /// Rules we cannot identify (written by someone else or by an incompatible version).
+    Unknown,
+}
+
+/// A chain in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelChain {
+    pub base: Option<BaseChain>,
+    pub content: ChainContent,
+}
+
+/// A set or map in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSet {
+    pub spec: SetSpec,
+    pub elements: BTreeMap<ElementKey, ElementValue>,
+    /// Some elements could not be read as ours; the set must be flushed and refilled.
+    pub foreign_elements: bool,
+}
+
+/// One family's table in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct KernelTable {
+    pub chains: BTreeMap<ChainName, KernelChain>,
+    pub sets: BTreeMap<SetName, KernelSet>,
+}
+
+/// Both families' tables (`None`: the table does not exist).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct KernelState {
+    pub tables: [Option<KernelTable>; 2],
+}
+
+impl KernelState {
+    pub fn table(&self, family: Family) -> Option<&KernelTable> {
+        self.tables[family.index()].as_ref()
+    }
+
+    /// Records the effect of a committed transaction.
+    pub fn apply(&mut self, tx: &Transaction) {
+        for op in &tx.ops {
+            self.apply_op(op);
+        }
+    }
+
+    fn apply_op(&mut self, op: &Op) {
+        let slot = &mut self.tables[op.family().index()];
+        match op {
+            Op::AddTable(_) => {
+                slot.get_or_insert_with(KernelTable::default);
+            }
+            Op::DeleteTable(_) => *slot = None,
+            _ => {
+                let Some(table) = slot.as_mut() else {
+                    return;
+                };
+                table.apply_op(op);
+            }
+        }
+    }
+}
+
+impl KernelTable {
+    fn apply_op(&mut self, op: &Op) {
+        match op {
+            Op::AddTable(_) | Op::DeleteTable(_) => {}
+            Op::AddSet(_, name, spec) => {
+                self.sets.entry(name.clone()).or_insert_with(|| KernelSet {
+                    spec: (**spec).clone(),
+                    elements: BTreeMap::new(),
+                    foreign_elements: false,
+                });
+            }
+            Op::FlushSet(_, name) => {
+                if let Some(set) = self.sets.get_mut(name) {
+                    set.elements.clear();
+                    set.foreign_elements = false;
+                }
+            }
+            Op::DeleteSet(_, name) => {
+                self.sets.remove(name);
+            }
+            Op::AddChain(_, name, base) => {
+                self.chains.entry(name.clone()).or_insert(KernelChain {
+                    base: *base,
+                    content: ChainContent::Empty,
+                });
+            }
+            Op::FlushChain(_, name) => {
+                if let Some(chain) = self.chains.get_mut(name) {
+                    chain.content = ChainContent::Empty;
+                }
+            }
+            Op::DeleteChain(_, name) => {
+                self.chains.remove(name);
+            }
+            Op::AddRules(_, name, chain) => {
+                if let Some(k) = self.chains.get_mut(name) {
+                    k.content = ChainContent::Ours {
+                        digest: chain.digest(),
+                        rules: chain.rules.len(),
+                    };
+                }
+            }
+            Op::AddElements(_, set, elements) => {
+                if let Some(s) = self.sets.get_mut(set) {
+                    for (k, v) in elements {
+                        s.elements.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            Op::DeleteElements(_, set, keys) => {
+                if let Some(s) = self.sets.get_mut(set) {
+                    for k in keys {
+                        s.elements.remove(k);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Sources turn the outside world into [`Change`]s for the reconciler. Today: a directory of
+//! manifests ([`files`]). Objects are validated here, so invalid input is logged where it was
+//! found (file, document) and never reaches the state.
+
+pub mod files;
+pub mod manifest;
+
+use crate::state::Change;
+
+/// What a source tells the reconciler.
+#[derive(Debug)]
+pub enum Event {
+    /// Objects changed.
+    Changes(Vec<Change>),
+    /// The source has delivered its complete initial view; programming may start.
+    Synced,
+    /// Stop the reconciler (rules stay in place).
+    Shutdown,
+}
+
+/// Why a source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read manifest directory {path}: {source}")]
+    Directory {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot watch {path}: {source}")]
+    Watch {
+        path: String,
+        #[source]
+        source: notify::Error,
+    },
+}
