@@ -33,8 +33,12 @@ fn file_changes_reach_the_kernel() {
             &[&c.pods[0].ip4],
         )],
     );
-    c.wait_answered(From::Pod(3), "tcp", &to, within);
+    wait_for("the new service in the kernel", within, || {
+        c.nft(&["list", "map", "ip", "kube-nft-proxy", "service-ips"])
+            .is_ok_and(|out| out.contains("10.96.0.30 . tcp . 80"))
+    });
     eprintln!("new files programmed after {:?}", started.elapsed());
+    c.wait_answered(From::Pod(3), "tcp", &to, within);
 
     let started = Instant::now();
     c.write(

@@ -115,6 +115,16 @@ struct Phases {
 }
 
 impl Phases {
+    /// A new chain with all its rules.
+    fn create_chain(&mut self, family: Family, name: ChainName, chain: &Arc<Chain>) {
+        self.add_chains
+            .push(Op::AddChain(family, name.clone(), chain.base));
+        if !chain.rules.is_empty() {
+            self.add_rules
+                .push(Op::AddRules(family, name, chain.clone()));
+        }
+    }
+
     fn into_ops(self, family: Family, out: &mut Vec<Op>) {
         out.extend(self.table);
         out.extend(self.add_sets);
@@ -220,14 +230,7 @@ fn build_table(family: Family, desired: &Ruleset, phases: &mut Phases) {
         }
     }
     for (name, chain) in desired.chains(family) {
-        phases
-            .add_chains
-            .push(Op::AddChain(family, name.clone(), chain.base));
-        if !chain.rules.is_empty() {
-            phases
-                .add_rules
-                .push(Op::AddRules(family, name.clone(), chain.clone()));
-        }
+        phases.create_chain(family, name.clone(), chain);
     }
 }
 
@@ -329,16 +332,7 @@ fn update_chain(
     phases: &mut Phases,
 ) {
     match (desired.chain(family, &name), table.chains.get(&name)) {
-        (Some(want), None) => {
-            phases
-                .add_chains
-                .push(Op::AddChain(family, name.clone(), want.base));
-            if !want.rules.is_empty() {
-                phases
-                    .add_rules
-                    .push(Op::AddRules(family, name, want.clone()));
-            }
-        }
+        (Some(want), None) => phases.create_chain(family, name, want),
         (Some(want), Some(have)) if have.base != want.base => {
             // Hook and priority cannot change in place: delete and re-create in this transaction.
             phases
@@ -347,14 +341,7 @@ fn update_chain(
             phases
                 .remove_base_chains
                 .push(Op::DeleteChain(family, name.clone()));
-            phases
-                .add_chains
-                .push(Op::AddChain(family, name.clone(), want.base));
-            if !want.rules.is_empty() {
-                phases
-                    .add_rules
-                    .push(Op::AddRules(family, name, want.clone()));
-            }
+            phases.create_chain(family, name, want);
         }
         (Some(want), Some(have)) => {
             let expected = if want.rules.is_empty() {

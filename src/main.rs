@@ -1,5 +1,6 @@
 //! kube-nft-proxy: command line and wiring only.
 
+use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -25,6 +26,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
