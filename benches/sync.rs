@@ -21,11 +21,9 @@ const ENDPOINTS: usize = 10;
 
 fn settings() -> NodeSettings {
     NodeSettings {
-        node_name: "node-0".into(),
         cluster_cidrs: [Cidr::parse("10.0.0.0/8").ok(), None],
         masquerade_all: false,
-        masquerade_mark: 0x4000,
-        node: None,
+        ..NodeSettings::new("node-0")
     }
 }
 

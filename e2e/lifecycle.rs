@@ -345,14 +345,20 @@ fn nft_list_shows_exactly_the_templated_rules() {
         .expect("nft -c accepts the rendered script");
     for family in ["ip", "ip6"] {
         let want = rules_by_chain_rendered(&script, family);
+        let listed = || {
+            c.nft(&["list", "table", family, "kube-nft-proxy"])
+                .map(|l| rules_by_chain_listed(&l))
+                .unwrap_or_default()
+        };
         wait_for(
             "the examples to be programmed",
             Duration::from_secs(5),
-            || {
-                c.nft(&["list", "table", family, "kube-nft-proxy"])
-                    .is_ok_and(|l| rules_by_chain_listed(&l) == want)
-            },
+            || listed().keys().eq(want.keys()),
         );
+        let have = listed();
+        for (chain, rules) in &want {
+            assert_eq!(&have[chain], rules, "{family} chain {chain}");
+        }
     }
     assert!(
         script.contains("sctp"),

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::model::Cidr;
+pub use crate::plan::NodePortAddresses;
 
 /// kube-nft-proxy: an nftables-based replacement for kube-proxy.
 #[derive(Debug, Parser)]
@@ -95,14 +96,6 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> ConfigError {
 pub enum SourceKind {
     Dir(PathBuf),
     Kubernetes { kubeconfig: Option<PathBuf> },
-}
-
-/// Which addresses accept NodePorts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodePortAddresses {
-    /// The Node object's addresses (all local addresses when there is no Node object).
-    Primary,
-    Cidrs(Vec<Cidr>),
 }
 
 /// Every setting, resolved: flag, else config file, else default.

@@ -201,8 +201,12 @@ fn set_specs_differ(
     desired: &Ruleset,
     scope: Scope<'_>,
 ) -> bool {
-    let differs =
-        |name: &SetName, spec: &SetSpec| table.sets.get(name).is_some_and(|k| k.spec != *spec);
+    let differs = |name: &SetName, spec: &SetSpec| {
+        table
+            .sets
+            .get(name)
+            .is_some_and(|k| !spec.matches_kernel(&k.spec))
+    };
     match scope {
         Scope::Full => desired.sets(family).any(|(n, s)| differs(n, s)),
         Scope::Objects(objects) => objects.iter().any(|o| match o {

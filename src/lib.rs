@@ -16,11 +16,14 @@
 
 pub mod backend;
 pub mod config;
+pub mod conntrack;
 pub mod diff;
 pub mod fixtures;
+pub mod health_check;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod netlink;
 pub mod plan;
 pub mod reconciler;
 pub mod render;

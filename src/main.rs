@@ -7,16 +7,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use kube_nft_proxy::backend::nft::NftBackend;
 use kube_nft_proxy::backend::{Backend, Offline, script};
 use kube_nft_proxy::config::{Cli, Command, ProxyArgs, Settings, SourceKind};
+use kube_nft_proxy::conntrack::Conntrack;
+use kube_nft_proxy::health_check::{self, HealthChecks};
 use kube_nft_proxy::http::{self, Health};
 use kube_nft_proxy::metrics::Metrics;
 use kube_nft_proxy::plan::NodeSettings;
 use kube_nft_proxy::reconciler::{Reconciler, Timing};
 use kube_nft_proxy::source::Event;
+use kube_nft_proxy::source::addresses;
 use kube_nft_proxy::source::files::FileSource;
 
 fn main() -> anyhow::Result<()> {
@@ -38,11 +41,10 @@ fn main() -> anyhow::Result<()> {
 
 fn node_settings(settings: &Settings) -> NodeSettings {
     NodeSettings {
-        node_name: settings.node_name.clone(),
         cluster_cidrs: settings.cluster_cidrs,
         masquerade_all: settings.masquerade_all,
         masquerade_mark: settings.masquerade_mark(),
-        node: None,
+        ..NodeSettings::new(&settings.node_name)
     }
 }
 
@@ -68,6 +70,7 @@ fn render(args: &ProxyArgs) -> anyhow::Result<()> {
     let mut reconciler = Reconciler::new(
         Timing::default(),
         node_settings(&settings),
+        settings.nodeport_addresses.clone(),
         Box::new(Offline),
         metrics,
     )?;
@@ -96,6 +99,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             stale_chain_delay: Duration::from_secs(1),
         },
         node_settings(&settings),
+        settings.nodeport_addresses.clone(),
         Box::new(backend),
         metrics.clone(),
     )?;
@@ -103,12 +107,27 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         status: reconciler.status(),
         timeout: settings.sync_period * 2,
     };
+    let (health_checks_tx, health_checks_rx) = tokio::sync::watch::channel(HealthChecks::default());
+    let reconciler = reconciler.with_health_checks(health_checks_tx);
+    let reconciler = match Conntrack::open() {
+        Ok(conntrack) => reconciler.with_flow_cleaner(Box::new(conntrack)),
+        Err(e) => {
+            warn!(error = %e, "conntrack netlink unavailable: stale UDP flows will not be cleaned");
+            reconciler
+        }
+    };
     info!(node = %settings.node_name, dir = %dir.display(), "starting kube-nft-proxy");
 
     let (events, inbox) = mpsc::channel();
     let worker = thread::Builder::new()
         .name("reconciler".into())
         .spawn(move || reconciler.run(inbox))?;
+    let address_events = events.clone();
+    thread::Builder::new().name("local-addresses".into()).spawn(move || {
+        if let Err(e) = addresses::watch(address_events) {
+            error!(error = %e, "cannot follow local addresses; NodePort addresses stay as they are");
+        }
+    })?;
     let source_events = events.clone();
     let source = FileSource::new(dir, metrics.clone());
     thread::Builder::new()
@@ -132,6 +151,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
                 }
             });
         }
+        tokio::spawn(health_check::run(health_checks_rx, health.clone()));
         if let Some(addr) = settings.healthz_bind_address {
             tokio::spawn(async move {
                 if let Err(e) = http::serve_health(addr, health).await {

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use tokio::sync::watch;
+
 use crate::backend::Backend;
+use crate::conntrack::{self, FlowCleaner, UdpTarget};
 use crate::diff::{Scope, Transaction, diff};
+use crate::health_check::{HealthChecks, ServiceHealth};
 use crate::metrics::Metrics;
 use crate::model::{Family, ServiceKey};
-use crate::plan::{NodeSettings, plan_service};
+use crate::plan::{NodePortAddresses, NodeSettings, plan_service, resolve_node_addresses};
 use crate::render::{RenderError, Renderer};
 use crate::ruleset::desired::Owner;
 use crate::ruleset::kernel::ChainContent;
@@ -67,6 +71,8 @@ pub enum SyncOutcome {
 pub struct Reconciler {
     timing: Timing,
     settings: NodeSettings,
+    nodeport_addresses: NodePortAddresses,
+    local_addresses: Vec<std::net::IpAddr>,
     state: State,
     renderer: Renderer,
     desired: Ruleset,
@@ -83,6 +89,12 @@ pub struct Reconciler {
     rerender_all: bool,
     stale: BTreeMap<(Family, ChainName), Instant>,
     source_synced: bool,
+    /// UDP service ports whose stale flows are cleaned after the next successful sync.
+    pending_flows: Vec<UdpTarget>,
+    flow_cleaner: Option<Box<dyn FlowCleaner>>,
+    /// healthCheckNodePort per Service, and where to publish them.
+    health_checks: BTreeMap<ServiceKey, (u16, ServiceHealth)>,
+    health_check_tx: Option<watch::Sender<HealthChecks>>,
     last_sync_end: Option<Instant>,
     failures: u32,
     retry_at: Option<Instant>,
@@ -92,6 +104,7 @@ impl Reconciler {
     pub fn new(
         timing: Timing,
         settings: NodeSettings,
+        nodeport_addresses: NodePortAddresses,
         backend: Box<dyn Backend>,
         metrics: Metrics,
     ) -> Result<Reconciler, RenderError> {
@@ -99,6 +112,8 @@ impl Reconciler {
             state: State::new(&settings.node_name),
             timing,
             settings,
+            nodeport_addresses,
+            local_addresses: Vec::new(),
             renderer: Renderer::new()?,
             desired: Ruleset::new(),
             kernel: None,
@@ -110,10 +125,26 @@ impl Reconciler {
             rerender_all: true,
             stale: BTreeMap::new(),
             source_synced: false,
+            pending_flows: Vec::new(),
+            flow_cleaner: None,
+            health_checks: BTreeMap::new(),
+            health_check_tx: None,
             last_sync_end: None,
             failures: 0,
             retry_at: None,
         })
+    }
+
+    /// Cleans stale UDP flows after syncs that changed UDP services.
+    pub fn with_flow_cleaner(mut self, cleaner: Box<dyn FlowCleaner>) -> Reconciler {
+        self.flow_cleaner = Some(cleaner);
+        self
+    }
+
+    /// Publishes the healthCheckNodePort servers to run after each successful sync.
+    pub fn with_health_checks(mut self, tx: watch::Sender<HealthChecks>) -> Reconciler {
+        self.health_check_tx = Some(tx);
+        self
     }
 
     /// The status the health endpoints read.
@@ -145,6 +176,15 @@ impl Reconciler {
             Event::Synced => {
                 self.source_synced = true;
                 self.mark_queued();
+            }
+            Event::LocalAddresses(mut addresses) => {
+                addresses.sort();
+                addresses.dedup();
+                if addresses != self.local_addresses {
+                    self.local_addresses = addresses;
+                    self.rerender_all = true;
+                    self.mark_queued();
+                }
             }
             Event::Shutdown => return false,
         }
@@ -275,7 +315,45 @@ impl Reconciler {
                 s.queued_since = None;
             }
         }
+        self.publish_health_checks();
+        self.clean_flows();
         outcome
+    }
+
+    fn publish_health_checks(&self) {
+        let Some(tx) = &self.health_check_tx else {
+            return;
+        };
+        let wanted = HealthChecks {
+            services: self.health_checks.values().cloned().collect(),
+            addresses: [
+                Some(self.settings.nodeport_ips[0].clone()),
+                Some(self.settings.nodeport_ips[1].clone()),
+            ],
+        };
+        tx.send_if_modified(|current| {
+            let changed = *current != wanted;
+            if changed {
+                *current = wanted;
+            }
+            changed
+        });
+    }
+
+    /// Deletes the conntrack entries of UDP flows whose endpoint went away.
+    fn clean_flows(&mut self) {
+        let targets = std::mem::take(&mut self.pending_flows);
+        let Some(cleaner) = self.flow_cleaner.as_mut() else {
+            return;
+        };
+        if targets.is_empty() {
+            return;
+        }
+        match cleaner.clean(&targets) {
+            Ok(0) => {}
+            Ok(deleted) => info!(deleted, "deleted stale UDP conntrack entries"),
+            Err(e) => warn!(error = %e, "cannot clean stale UDP conntrack entries"),
+        }
     }
 
     /// After a full diff, empty chains we do not want (left by an earlier run) become stale.
@@ -323,6 +401,11 @@ impl Reconciler {
         let changes = self.state.take_changes();
         let services: Vec<ServiceKey> = if self.rerender_all || changes.node {
             self.settings.node = self.state.node().cloned();
+            (self.settings.nodeport_ips, self.settings.node_ips) = resolve_node_addresses(
+                &self.nodeport_addresses,
+                self.settings.node.as_deref(),
+                &self.local_addresses,
+            );
             match self.renderer.base(&self.settings) {
                 Ok(items) => {
                     let conflicts = self.desired.replace(Owner::Base, items, &mut self.touched);
@@ -349,9 +432,29 @@ impl Reconciler {
         let owner = Owner::Service(key.clone());
         let Some(service) = self.state.service(&key).cloned() else {
             self.desired.remove(&owner, &mut self.touched);
+            self.health_checks.remove(&key);
             return;
         };
         let plan = plan_service(&service, &self.state.slices_of(&key), &self.settings);
+        self.pending_flows.extend(conntrack::targets(&plan));
+        match plan.health_check_node_port {
+            Some(port) => {
+                self.health_checks.insert(
+                    key.clone(),
+                    (
+                        port,
+                        ServiceHealth {
+                            namespace: key.namespace.to_string(),
+                            name: key.name.to_string(),
+                            local_endpoints: plan.local_ready_endpoints,
+                        },
+                    ),
+                );
+            }
+            None => {
+                self.health_checks.remove(&key);
+            }
+        }
         match self.renderer.service(&plan, &self.settings) {
             Ok(items) => {
                 let conflicts = self.desired.replace(owner, items, &mut self.touched);

@@ -11,7 +11,7 @@ use crate::model::{Family, Protocol};
 use crate::ruleset::kernel::{ChainContent, KernelChain, KernelSet, KernelTable};
 use crate::ruleset::{
     BaseChain, ChainName, ChainType, Comment, Digest, ElementKey, ElementValue, Hook, KeyType,
-    SetName, SetSpec, TABLE_NAME, Verdict,
+    SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 fn objects(json: &[u8]) -> Result<Vec<Value>, String> {
@@ -117,16 +117,29 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
         Some(Value::String(t)) if t == "verdict" => true,
         Some(_) => return Some((name, unrecognised_set())),
     };
-    // Properties we never set mean the set is not in the shape we expect.
-    let unexpected = ["flags", "timeout", "gc-interval", "size", "policy"]
+    // Properties we never set mean the set is not in the shape we expect. (`size` is what the
+    // kernel gives dynamic sets by default.)
+    let unexpected = ["timeout", "gc-interval", "policy"]
         .iter()
         .any(|p| s.get(*p).is_some());
-    let Some(key) = key.filter(|_| !unexpected) else {
+    let flags: Option<Vec<SetFlag>> = match s.get("flags") {
+        None => Some(Vec::new()),
+        Some(Value::String(f)) => SetFlag::from_nft(f).map(|f| vec![f]),
+        Some(Value::Array(list)) => list
+            .iter()
+            .map(|f| f.as_str().and_then(SetFlag::from_nft))
+            .collect(),
+        Some(_) => None,
+    };
+    let (Some(key), Some(mut flags)) = (key.filter(|_| !unexpected), flags) else {
         return Some((name, unrecognised_set()));
     };
+    flags.sort();
+    flags.dedup();
     let spec = SetSpec {
         key,
         verdict_map,
+        flags,
         comment: s.get("comment").and_then(Value::as_str).map(str::to_string),
     };
     let mut elements = BTreeMap::new();
@@ -160,6 +173,7 @@ fn unrecognised_set() -> KernelSet {
         spec: SetSpec {
             key: Vec::new(),
             verdict_map: false,
+            flags: Vec::new(),
             comment: None,
         },
         elements: BTreeMap::new(),

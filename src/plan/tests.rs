@@ -5,13 +5,9 @@ use super::*;
 use crate::fixtures::{ServiceBuilder, SliceBuilder};
 
 fn node() -> NodeSettings {
-    NodeSettings {
-        node_name: "node1".into(),
-        cluster_cidrs: [Some(Cidr::parse("10.0.0.0/8").unwrap()), None],
-        masquerade_all: false,
-        masquerade_mark: 0x4000,
-        node: None,
-    }
+    let mut n = NodeSettings::new("node1");
+    n.cluster_cidrs = [Some(Cidr::parse("10.0.0.0/8").unwrap()), None];
+    n
 }
 
 fn svc2() -> (Arc<Service>, Vec<Arc<EndpointSlice>>) {
@@ -72,14 +68,11 @@ fn every_port_resolves_its_target_port_through_the_slice() {
         endpoints_of(&plan, "dns-sctp"),
         ["10.180.0.1:53", "10.180.2.1:53"]
     );
-    assert!(plan.ports.iter().all(|p| p.no_endpoints.is_none()));
-    let local: Vec<_> = plan.ports[0]
-        .endpoints
-        .local
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-    assert_eq!(local, ["10.180.0.1:80"]);
+    assert!(plan.ports.iter().all(|p| p.internal_no_endpoints.is_none()));
+    assert!(
+        plan.ports[0].endpoints.local.is_empty(),
+        "a Cluster-policy port needs no local list"
+    );
 }
 
 #[test]
@@ -95,7 +88,10 @@ fn a_slice_port_of_another_protocol_does_not_match() {
         .model()
         .unwrap();
     let plan = plan_service(&svc, &[slice], &node());
-    assert_eq!(plan.ports[0].no_endpoints, Some(NoEndpoints::Reject));
+    assert_eq!(
+        plan.ports[0].internal_no_endpoints,
+        Some(NoEndpoints::Reject)
+    );
 }
 
 #[test]
@@ -106,7 +102,10 @@ fn no_endpoints_rejects() {
         .model()
         .unwrap();
     let plan = plan_service(&svc, &[], &node());
-    assert_eq!(plan.ports[0].no_endpoints, Some(NoEndpoints::Reject));
+    assert_eq!(
+        plan.ports[0].internal_no_endpoints,
+        Some(NoEndpoints::Reject)
+    );
     // Endpoints that are terminating and not serving count as none.
     let slice = SliceBuilder::new("ns", "s-1", "s", "IPv4")
         .port("p80", 80, "TCP")
@@ -114,7 +113,10 @@ fn no_endpoints_rejects() {
         .model()
         .unwrap();
     let plan = plan_service(&svc, &[slice], &node());
-    assert_eq!(plan.ports[0].no_endpoints, Some(NoEndpoints::Reject));
+    assert_eq!(
+        plan.ports[0].internal_no_endpoints,
+        Some(NoEndpoints::Reject)
+    );
 }
 
 #[test]
@@ -122,6 +124,9 @@ fn endpoints_listed_twice_count_once_and_sort_as_upstream() {
     let svc = ServiceBuilder::new("ns", "s")
         .cluster_ip("172.30.0.1")
         .port("", 80, "TCP")
+        .with("/spec/type", "NodePort")
+        .with("/spec/ports/0/nodePort", 30080)
+        .with("/spec/externalTrafficPolicy", "Local")
         .model()
         .unwrap();
     let a = SliceBuilder::new("ns", "s-a", "s", "IPv4")

@@ -8,6 +8,7 @@ use crate::backend::BackendError;
 use crate::diff::Op;
 use crate::fixtures::{ServiceBuilder, SliceBuilder};
 use crate::model::{Cidr, Object, ObjectId};
+use crate::plan::NodePortAddresses;
 use crate::state::Change;
 
 /// A kernel held in memory; shared so a "restarted" reconciler sees the same one.
@@ -50,11 +51,9 @@ impl Backend for FakeBackend {
 
 fn settings() -> NodeSettings {
     NodeSettings {
-        node_name: "node1".into(),
         cluster_cidrs: [Cidr::parse("10.0.0.0/8").ok(), None],
         masquerade_all: false,
-        masquerade_mark: 0x4000,
-        node: None,
+        ..NodeSettings::new("node1")
     }
 }
 
@@ -62,6 +61,7 @@ fn reconciler(backend: &FakeBackend) -> Reconciler {
     Reconciler::new(
         Timing::default(),
         settings(),
+        NodePortAddresses::Primary,
         Box::new(backend.clone()),
         Metrics::new().unwrap(),
     )
@@ -303,6 +303,7 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
     let mut r = Reconciler::new(
         Timing::default(),
         settings(),
+        NodePortAddresses::Primary,
         Box::new(backend.clone()),
         metrics.clone(),
     )

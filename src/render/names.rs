@@ -1,13 +1,13 @@
 //! Names of the per-service objects, built only from validated parts:
-//! `service-<ns>/<name>/<proto>/<port>` and `endpoint-<ns>/<name>/<proto>/<port>__<ip>/<port>`
-//! (IPv6 `:` written `.`). With DNS-label parts these stay under the kernel's 255-byte limit;
-//! the check is still made, and a name that does not fit is a render error, never a truncation
-//! that could collide.
+//! `service-<ns>/<name>/<proto>/<port>` (also `local-`, `external-`, `firewall-`) and
+//! `endpoint-<ns>/<name>/<proto>/<port>__<ip>/<port>` (also `affinity-`; IPv6 `:` written `.`).
+//! With DNS-label parts these stay under the kernel's 255-byte limit; the check is still made,
+//! and a name that does not fit is a render error, never a truncation that could collide.
 
 use std::net::SocketAddr;
 
 use crate::model::{PortName, Protocol, ServiceKey};
-use crate::ruleset::{ChainName, NameError};
+use crate::ruleset::{ChainName, NameError, SetName};
 
 /// `ns/name/proto/port`, the base of a service port's object names.
 pub fn service_port_base(key: &ServiceKey, protocol: Protocol, port: &PortName) -> String {
@@ -20,15 +20,49 @@ pub fn service_port_base(key: &ServiceKey, protocol: Protocol, port: &PortName) 
     )
 }
 
-pub fn service_chain(
+/// The names of the chains of one service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortChains {
+    /// `service-…`: the cluster-policy endpoint choice.
+    pub cluster: ChainName,
+    /// `local-…`: the local-policy endpoint choice.
+    pub local: ChainName,
+    /// `external-…`: entry of NodePort, external-IP and LB traffic.
+    pub external: ChainName,
+    /// `firewall-…`: load-balancer source ranges.
+    pub firewall: ChainName,
+}
+
+impl PortChains {
+    pub fn new(
+        key: &ServiceKey,
+        protocol: Protocol,
+        port: &PortName,
+    ) -> Result<PortChains, NameError> {
+        let base = service_port_base(key, protocol, port);
+        Ok(PortChains {
+            cluster: ChainName::new(&format!("service-{base}"))?,
+            local: ChainName::new(&format!("local-{base}"))?,
+            external: ChainName::new(&format!("external-{base}"))?,
+            firewall: ChainName::new(&format!("firewall-{base}"))?,
+        })
+    }
+}
+
+/// `ns/name/proto/port__ip/port`, the base of an endpoint's chain and affinity set.
+fn endpoint_base(
     key: &ServiceKey,
     protocol: Protocol,
     port: &PortName,
-) -> Result<ChainName, NameError> {
-    ChainName::new(&format!(
-        "service-{}",
-        service_port_base(key, protocol, port)
-    ))
+    endpoint: SocketAddr,
+) -> String {
+    let ip = endpoint.ip().to_string().replace(':', ".");
+    format!(
+        "{}__{}/{}",
+        service_port_base(key, protocol, port),
+        ip,
+        endpoint.port()
+    )
 }
 
 pub fn endpoint_chain(
@@ -37,12 +71,21 @@ pub fn endpoint_chain(
     port: &PortName,
     endpoint: SocketAddr,
 ) -> Result<ChainName, NameError> {
-    let ip = endpoint.ip().to_string().replace(':', ".");
     ChainName::new(&format!(
-        "endpoint-{}__{}/{}",
-        service_port_base(key, protocol, port),
-        ip,
-        endpoint.port()
+        "endpoint-{}",
+        endpoint_base(key, protocol, port, endpoint)
+    ))
+}
+
+pub fn affinity_set(
+    key: &ServiceKey,
+    protocol: Protocol,
+    port: &PortName,
+    endpoint: SocketAddr,
+) -> Result<SetName, NameError> {
+    SetName::new(&format!(
+        "affinity-{}",
+        endpoint_base(key, protocol, port, endpoint)
     ))
 }
 
@@ -62,10 +105,11 @@ mod tests {
     fn names() {
         let k = key("ns1", "svc1");
         let p = PortName::parse(Some("p80")).unwrap();
-        assert_eq!(
-            service_chain(&k, Protocol::Tcp, &p).unwrap().as_str(),
-            "service-ns1/svc1/tcp/p80"
-        );
+        let chains = PortChains::new(&k, Protocol::Tcp, &p).unwrap();
+        assert_eq!(chains.cluster.as_str(), "service-ns1/svc1/tcp/p80");
+        assert_eq!(chains.local.as_str(), "local-ns1/svc1/tcp/p80");
+        assert_eq!(chains.external.as_str(), "external-ns1/svc1/tcp/p80");
+        assert_eq!(chains.firewall.as_str(), "firewall-ns1/svc1/tcp/p80");
         assert_eq!(
             endpoint_chain(&k, Protocol::Udp, &p, "[fd00::1:2]:53".parse().unwrap())
                 .unwrap()
@@ -74,8 +118,9 @@ mod tests {
         );
         let unnamed = PortName::default();
         assert_eq!(
-            service_chain(&k, Protocol::Sctp, &unnamed)
+            PortChains::new(&k, Protocol::Sctp, &unnamed)
                 .unwrap()
+                .cluster
                 .as_str(),
             "service-ns1/svc1/sctp/"
         );
@@ -90,5 +135,7 @@ mod tests {
             .parse()
             .unwrap();
         assert!(endpoint_chain(&k, Protocol::Sctp, &p, ep).is_ok());
+        assert!(affinity_set(&k, Protocol::Sctp, &p, ep).is_ok());
+        assert!(PortChains::new(&k, Protocol::Sctp, &p).is_ok());
     }
 }

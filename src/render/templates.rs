@@ -1,48 +1,96 @@
 //! Loads `rules-templates/`: nft syntax with typed `$slots`, compiled into the binary and parsed
 //! once at start-up. Everything a template may contain is checked against what the renderer
-//! offers (chains, tags, slots, jump targets, set references), so a template mistake is an error
-//! at start-up (and in the unit tests), never a silently wrong rule.
+//! offers (chains, sets, tags, slots, jump targets, set references), so a template mistake is an
+//! error at start-up (and in the unit tests), never a silently wrong rule.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 
 use crate::model::Family;
 use crate::ruleset::{
-    BaseChain, ChainName, ChainType, Hook, KeyType, RuleShape, SetName, SetSpec, Slot,
+    BaseChain, ChainName, ChainType, Hook, KeyType, RuleShape, SetFlag, SetName, SetSpec, Slot,
 };
 
-/// The bundled template files.
-const BASE: (&str, &str) = ("base.nft", include_str!("../../rules-templates/base.nft"));
-const SERVICE: (&str, &str) = (
-    "service.nft",
-    include_str!("../../rules-templates/service.nft"),
-);
-const ENDPOINT: (&str, &str) = (
-    "endpoint.nft",
-    include_str!("../../rules-templates/endpoint.nft"),
-);
-
-/// Slots offered to the base ruleset.
-const BASE_SLOTS: &[Slot] = &[Slot::Family, Slot::AddrType, Slot::Mark];
-/// Slots offered to a service chain.
-const SERVICE_SLOTS: &[Slot] = &[
-    Slot::Family,
-    Slot::ClusterIp,
-    Slot::ClusterCidr,
-    Slot::EndpointCount,
-    Slot::EndpointChains,
-];
-/// Tags a service chain's rules may carry.
+/// Tags of the base template.
+pub const TAG_NODEPORTS_ON_IPS: &str = "nodeports-on-ips";
+pub const TAG_NODEPORTS_ON_LOCAL: &str = "nodeports-on-local";
+/// Tags of the service-port chain template (`service-…` and `local-…`).
 pub const TAG_MASQUERADE_OFF_CLUSTER: &str = "masquerade-off-cluster";
 pub const TAG_MASQUERADE_ALL: &str = "masquerade-all";
-const SERVICE_TAGS: &[&str] = &[TAG_MASQUERADE_OFF_CLUSTER, TAG_MASQUERADE_ALL];
-/// Slots offered to an endpoint chain.
-const ENDPOINT_SLOTS: &[Slot] = &[
-    Slot::Family,
-    Slot::EndpointIp,
-    Slot::Endpoint,
-    Slot::Protocol,
-];
+/// Rules repeated once per endpoint (service template) or present with affinity (endpoint).
+pub const TAG_AFFINITY: &str = "affinity";
+/// Tags of the external chain template.
+pub const TAG_MASQUERADE_EXTERNAL: &str = "masquerade-external";
+pub const TAG_SHORT_CIRCUIT_PODS: &str = "short-circuit-pods";
+pub const TAG_SHORT_CIRCUIT_LOCAL: &str = "short-circuit-local";
+pub const TAG_TO_POLICY: &str = "to-policy";
+/// Tags of the firewall chain template.
+pub const TAG_ALLOW_SOME: &str = "allow-some";
+pub const TAG_ALLOW_NONE: &str = "allow-none";
+
+/// What one template file may contain and be given.
+struct FileSpec {
+    name: &'static str,
+    text: &'static str,
+    slots: &'static [Slot],
+    tags: &'static [&'static str],
+}
+
+const BASE: FileSpec = FileSpec {
+    name: "base.nft",
+    text: include_str!("../../rules-templates/base.nft"),
+    slots: &[Slot::Family, Slot::AddrType, Slot::Mark, Slot::Loopback],
+    tags: &[TAG_NODEPORTS_ON_IPS, TAG_NODEPORTS_ON_LOCAL],
+};
+const SERVICE: FileSpec = FileSpec {
+    name: "service.nft",
+    text: include_str!("../../rules-templates/service.nft"),
+    slots: &[
+        Slot::Family,
+        Slot::ClusterIp,
+        Slot::ClusterCidr,
+        Slot::EndpointCount,
+        Slot::EndpointChains,
+        Slot::AffinitySet,
+        Slot::EndpointChain,
+    ],
+    tags: &[TAG_MASQUERADE_OFF_CLUSTER, TAG_MASQUERADE_ALL, TAG_AFFINITY],
+};
+const ENDPOINT: FileSpec = FileSpec {
+    name: "endpoint.nft",
+    text: include_str!("../../rules-templates/endpoint.nft"),
+    slots: &[
+        Slot::Family,
+        Slot::EndpointIp,
+        Slot::Endpoint,
+        Slot::Protocol,
+        Slot::AffinitySet,
+        Slot::AffinityTimeout,
+    ],
+    tags: &[TAG_AFFINITY],
+};
+const EXTERNAL: FileSpec = FileSpec {
+    name: "external.nft",
+    text: include_str!("../../rules-templates/external.nft"),
+    slots: &[
+        Slot::Family,
+        Slot::ClusterCidr,
+        Slot::ClusterChain,
+        Slot::PolicyChain,
+    ],
+    tags: &[
+        TAG_MASQUERADE_EXTERNAL,
+        TAG_SHORT_CIRCUIT_PODS,
+        TAG_SHORT_CIRCUIT_LOCAL,
+        TAG_TO_POLICY,
+    ],
+};
+const FIREWALL: FileSpec = FileSpec {
+    name: "firewall.nft",
+    text: include_str!("../../rules-templates/firewall.nft"),
+    slots: &[Slot::Family, Slot::AllowedSources],
+    tags: &[TAG_ALLOW_SOME, TAG_ALLOW_NONE],
+};
 
 /// A template that cannot be used, with its location.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,15 +117,14 @@ pub struct ChainTemplate {
 }
 
 impl ChainTemplate {
-    /// The shapes of the rules to emit, in template order.
+    /// The rules to emit, in template order, with their tags.
     pub fn rules<'s, F: Fn(&str) -> bool>(
         &'s self,
         enabled: F,
-    ) -> impl Iterator<Item = &'s RuleShape> + use<'s, F> {
+    ) -> impl Iterator<Item = &'s TemplateRule> + use<'s, F> {
         self.rules
             .iter()
             .filter(move |r| r.tag.as_deref().is_none_or(&enabled))
-            .map(|r| &r.shape)
     }
 }
 
@@ -100,10 +147,16 @@ pub struct Templates {
     /// Base chains and helper chains with their names as written.
     pub base_chains: Vec<(ChainName, ChainTemplate)>,
     pub sets: Vec<SetTemplate>,
-    /// The chain of a service port.
+    /// The chain of a service port's endpoint choice (`service-…` and `local-…`).
     pub service: ChainTemplate,
     /// The chain of one endpoint of a service port.
     pub endpoint: ChainTemplate,
+    /// The affinity set of one endpoint.
+    pub affinity: SetTemplate,
+    /// The entry chain of external traffic.
+    pub external: ChainTemplate,
+    /// The load-balancer source-range check.
+    pub firewall: ChainTemplate,
 }
 
 static BUNDLED: LazyLock<Result<Templates, TemplateError>> = LazyLock::new(Templates::load_bundled);
@@ -115,21 +168,24 @@ impl Templates {
     }
 
     fn load_bundled() -> Result<Templates, TemplateError> {
-        let base = parse_file(BASE.0, BASE.1, BASE_SLOTS, &[])?;
-        let mut service = parse_file(SERVICE.0, SERVICE.1, SERVICE_SLOTS, SERVICE_TAGS)?;
-        let mut endpoint = parse_file(ENDPOINT.0, ENDPOINT.1, ENDPOINT_SLOTS, &[])?;
-        let service = single_chain(SERVICE.0, "service", &mut service, SERVICE_TAGS)?;
-        let endpoint = single_chain(ENDPOINT.0, "endpoint", &mut endpoint, &[])?;
+        let base = parse_file(&BASE)?;
+        let mut endpoint = parse_file(&ENDPOINT)?;
+        let affinity = take_set(&ENDPOINT, "affinity", &mut endpoint)?;
         let mut base_chains = Vec::new();
         for (line, chain) in base.chains {
-            let name = ChainName::new(&chain.name).map_err(|e| err(BASE.0, line, e.to_string()))?;
+            let name =
+                ChainName::new(&chain.name).map_err(|e| err(BASE.name, line, e.to_string()))?;
             base_chains.push((name, chain));
         }
+        check_tags_used(&BASE, base_chains.iter().map(|(_, c)| c))?;
         let templates = Templates {
             base_chains,
             sets: base.sets.into_iter().map(|(_, s)| s).collect(),
-            service,
-            endpoint,
+            service: single_chain(&SERVICE, "service", &mut parse_file(&SERVICE)?)?,
+            endpoint: single_chain(&ENDPOINT, "endpoint", &mut endpoint)?,
+            affinity,
+            external: single_chain(&EXTERNAL, "external", &mut parse_file(&EXTERNAL)?)?,
+            firewall: single_chain(&FIREWALL, "firewall", &mut parse_file(&FIREWALL)?)?,
         };
         templates.check_references()?;
         Ok(templates)
@@ -140,11 +196,12 @@ impl Templates {
     fn check_references(&self) -> Result<(), TemplateError> {
         let chains: BTreeSet<&str> = self.base_chains.iter().map(|(n, _)| n.as_str()).collect();
         let sets: BTreeSet<&str> = self.sets.iter().map(|s| s.name.as_str()).collect();
-        let all = self
-            .base_chains
-            .iter()
-            .map(|(_, c)| c)
-            .chain([&self.service, &self.endpoint]);
+        let all = self.base_chains.iter().map(|(_, c)| c).chain([
+            &self.service,
+            &self.endpoint,
+            &self.external,
+            &self.firewall,
+        ]);
         for chain in all {
             for rule in &chain.rules {
                 let text = rule.shape.source();
@@ -163,6 +220,7 @@ impl Templates {
                 }
                 for word in &words {
                     if let Some(set) = word.strip_prefix('@')
+                        && !set.starts_with('$')
                         && !sets.contains(set)
                     {
                         return Err(err(
@@ -192,36 +250,65 @@ struct ParsedFile {
     sets: Vec<(usize, SetTemplate)>,
 }
 
+/// Every tag the renderer uses must be carried by some rule (a misspelt tag would silently
+/// never match).
+fn check_tags_used<'a>(
+    file: &FileSpec,
+    chains: impl Iterator<Item = &'a ChainTemplate> + Clone,
+) -> Result<(), TemplateError> {
+    for tag in file.tags {
+        let used = chains
+            .clone()
+            .any(|c| c.rules.iter().any(|r| r.tag.as_deref() == Some(*tag)));
+        if !used {
+            return Err(err(
+                file.name,
+                0,
+                format!("no rule carries the tag [{tag}] the renderer uses"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn single_chain(
-    file: &str,
+    file: &FileSpec,
     name: &str,
     parsed: &mut ParsedFile,
-    tags: &[&str],
 ) -> Result<ChainTemplate, TemplateError> {
     if !parsed.sets.is_empty() || parsed.chains.len() != 1 || parsed.chains[0].1.name != name {
         return Err(err(
-            file,
+            file.name,
             0,
             format!("must declare exactly one chain, named {name:?}"),
         ));
     }
     let (line, chain) = parsed.chains.remove(0);
     if chain.base.is_some() {
-        return Err(err(file, line, "must not be a base chain"));
+        return Err(err(file.name, line, "must not be a base chain"));
     }
-    for tag in tags {
-        if !chain.rules.iter().any(|r| r.tag.as_deref() == Some(*tag)) {
-            return Err(err(
-                file,
-                line,
-                format!("no rule carries the tag [{tag}] the renderer uses"),
-            ));
-        }
-    }
+    check_tags_used(file, std::iter::once(&chain))?;
     Ok(chain)
 }
 
-fn parse_file(
+fn take_set(
+    file: &FileSpec,
+    name: &str,
+    parsed: &mut ParsedFile,
+) -> Result<SetTemplate, TemplateError> {
+    let at = parsed
+        .sets
+        .iter()
+        .position(|(_, s)| s.name.as_str() == name)
+        .ok_or_else(|| err(file.name, 0, format!("must declare a set named {name:?}")))?;
+    Ok(parsed.sets.remove(at).1)
+}
+
+fn parse_file(file: &FileSpec) -> Result<ParsedFile, TemplateError> {
+    parse_text(file.name, file.text, file.slots, file.tags)
+}
+
+fn parse_text(
     file: &str,
     text: &str,
     slots: &[Slot],
@@ -355,9 +442,17 @@ fn parse_set(
     let name = SetName::new(name).map_err(|e| err(file, line, e.to_string()))?;
     let mut type_text = None;
     let mut comment = None;
+    let mut flags = Vec::new();
     for (l, text) in body {
         if let Some(t) = text.strip_prefix("type ") {
             type_text = Some(t.trim());
+        } else if let Some(f) = text.strip_prefix("flags ") {
+            for flag in f.split(',') {
+                flags.push(
+                    SetFlag::from_nft(flag.trim())
+                        .ok_or_else(|| err(file, *l, format!("unknown flag {:?}", flag.trim())))?,
+                );
+            }
         } else if let Some(c) = text.strip_prefix("comment ") {
             let c = c.trim();
             let inner = c
@@ -370,6 +465,8 @@ fn parse_set(
             return Err(err(file, *l, format!("unknown set property {text:?}")));
         }
     }
+    flags.sort();
+    flags.dedup();
     let type_text = type_text.ok_or_else(|| err(file, line, "missing type"))?;
     let spec = |family: Family| -> Result<Arc<SetSpec>, TemplateError> {
         let resolved = type_text.replace("$addr_type", family.addr_type());
@@ -398,6 +495,7 @@ fn parse_set(
         Ok(Arc::new(SetSpec {
             key,
             verdict_map,
+            flags: flags.clone(),
             comment: comment.clone(),
         }))
     };
@@ -419,14 +517,24 @@ mod tests {
                 .iter()
                 .any(|(n, c)| n.as_str() == "nat-prerouting" && c.base.is_some())
         );
-        assert_eq!(t.sets.len(), 3);
-        assert_eq!(t.endpoint.rules.len(), 2);
+        assert_eq!(t.sets.len(), 7);
+        assert_eq!(t.endpoint.rules.len(), 3);
         let nat = t
             .base_chains
             .iter()
             .find(|(n, _)| n.as_str() == "nat-postrouting")
             .unwrap();
         assert_eq!(nat.1.base.unwrap().priority, 100);
+        let pre = t
+            .base_chains
+            .iter()
+            .find(|(n, _)| n.as_str() == "filter-prerouting-pre-dnat")
+            .unwrap();
+        assert_eq!(pre.1.base.unwrap().priority, -110);
+        assert_eq!(
+            t.affinity.spec(Family::V6).to_string(),
+            "type ipv6_addr ; flags dynamic,timeout ;"
+        );
     }
 
     #[test]
@@ -440,20 +548,30 @@ mod tests {
 
     #[test]
     fn mistakes_are_located() {
-        let e = parse_file("x.nft", "chain a {\n  jump $nope\n}\n", BASE_SLOTS, &[])
+        let slots = BASE.slots;
+        let e = parse_text("x.nft", "chain a {\n  jump $nope\n}\n", slots, &[])
             .err()
             .unwrap();
         assert_eq!(e.line, 2);
-        let e = parse_file("x.nft", "chain a {\n  [what] accept\n}\n", BASE_SLOTS, &[])
+        let e = parse_text("x.nft", "chain a {\n  [what] accept\n}\n", slots, &[])
             .err()
             .unwrap();
         assert!(e.message.contains("unknown tag"));
-        assert!(parse_file("x.nft", "chain a {\n accept\n", BASE_SLOTS, &[]).is_err());
+        assert!(parse_text("x.nft", "chain a {\n accept\n", slots, &[]).is_err());
         assert!(
-            parse_file(
+            parse_text(
                 "x.nft",
                 "set s {\n type ipv4_addr : verdict\n}\n",
-                BASE_SLOTS,
+                slots,
+                &[]
+            )
+            .is_err()
+        );
+        assert!(
+            parse_text(
+                "x.nft",
+                "set s {\n type ipv4_addr\n flags interval\n}\n",
+                slots,
                 &[]
             )
             .is_err()

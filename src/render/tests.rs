@@ -11,11 +11,9 @@ use crate::ruleset::desired::Owner;
 
 fn node(masquerade_all: bool) -> NodeSettings {
     NodeSettings {
-        node_name: "node1".into(),
         cluster_cidrs: [Some(Cidr::parse("10.0.0.0/8").unwrap()), None],
         masquerade_all,
-        masquerade_mark: 0x4000,
-        node: None,
+        ..NodeSettings::new("node1")
     }
 }
 

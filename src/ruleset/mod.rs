@@ -265,11 +265,37 @@ impl KeyType {
     }
 }
 
+/// A set flag we use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetFlag {
+    /// Updated from the packet path (`update @set …`).
+    Dynamic,
+    /// Elements expire.
+    Timeout,
+}
+
+impl SetFlag {
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            SetFlag::Dynamic => "dynamic",
+            SetFlag::Timeout => "timeout",
+        }
+    }
+
+    pub fn from_nft(s: &str) -> Option<SetFlag> {
+        [SetFlag::Dynamic, SetFlag::Timeout]
+            .into_iter()
+            .find(|f| f.nft_name() == s)
+    }
+}
+
 /// The declaration of a set (no data type) or map (verdict data).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SetSpec {
     pub key: Vec<KeyType>,
     pub verdict_map: bool,
+    /// Sorted, without duplicates.
+    pub flags: Vec<SetFlag>,
     pub comment: Option<String>,
 }
 
@@ -277,6 +303,22 @@ impl SetSpec {
     /// `set` or `map`.
     pub fn keyword(&self) -> &'static str {
         if self.verdict_map { "map" } else { "set" }
+    }
+
+    /// Whether a set read from the kernel is this one. `nft -j` does not report the `dynamic`
+    /// flag (nft 1.0.6), so it is not compared.
+    pub fn matches_kernel(&self, kernel: &SetSpec) -> bool {
+        let significant = |s: &SetSpec| -> Vec<SetFlag> {
+            s.flags
+                .iter()
+                .copied()
+                .filter(|f| *f != SetFlag::Dynamic)
+                .collect()
+        };
+        self.key == kernel.key
+            && self.verdict_map == kernel.verdict_map
+            && self.comment == kernel.comment
+            && significant(self) == significant(kernel)
     }
 }
 
@@ -293,6 +335,16 @@ impl fmt::Display for SetSpec {
             f.write_str(" : verdict")?;
         }
         f.write_str(" ;")?;
+        if !self.flags.is_empty() {
+            f.write_str(" flags ")?;
+            for (i, flag) in self.flags.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(",")?;
+                }
+                f.write_str(flag.nft_name())?;
+            }
+            f.write_str(" ;")?;
+        }
         if let Some(c) = &self.comment {
             write!(f, " comment \"{c}\" ;")?;
         }

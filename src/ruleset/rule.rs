@@ -6,7 +6,7 @@ use std::fmt::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::ChainName;
+use super::{ChainName, SetName};
 use crate::model::{Cidr, Family, Protocol};
 
 /// A `$name` placeholder in a rule template. Each slot has one value kind.
@@ -18,6 +18,8 @@ pub enum Slot {
     AddrType,
     /// The masquerade mark bit, e.g. `0x00004000`.
     Mark,
+    /// The loopback prefix of the family (`127.0.0.0/8`, `::1`).
+    Loopback,
     /// A Service's ClusterIP.
     ClusterIp,
     /// The cluster (pod) CIDR of the table's family.
@@ -32,13 +34,26 @@ pub enum Slot {
     EndpointCount,
     /// The `index : goto chain` list of a load-balancing verdict map.
     EndpointChains,
+    /// One endpoint's chain.
+    EndpointChain,
+    /// One endpoint's affinity set.
+    AffinitySet,
+    /// The affinity timeout, as nft writes durations (`3h`, `1m40s`).
+    AffinityTimeout,
+    /// A service port's cluster-policy chain (`service-…`).
+    ClusterChain,
+    /// The chain of a service port's external traffic policy.
+    PolicyChain,
+    /// Source prefixes allowed through a firewall chain.
+    AllowedSources,
 }
 
 impl Slot {
-    pub const ALL: [Slot; 10] = [
+    pub const ALL: [Slot; 17] = [
         Slot::Family,
         Slot::AddrType,
         Slot::Mark,
+        Slot::Loopback,
         Slot::ClusterIp,
         Slot::ClusterCidr,
         Slot::EndpointIp,
@@ -46,6 +61,12 @@ impl Slot {
         Slot::Protocol,
         Slot::EndpointCount,
         Slot::EndpointChains,
+        Slot::EndpointChain,
+        Slot::AffinitySet,
+        Slot::AffinityTimeout,
+        Slot::ClusterChain,
+        Slot::PolicyChain,
+        Slot::AllowedSources,
     ];
 
     /// The spelling in templates, without the `$`.
@@ -54,6 +75,7 @@ impl Slot {
             Slot::Family => "family",
             Slot::AddrType => "addr_type",
             Slot::Mark => "mark",
+            Slot::Loopback => "loopback",
             Slot::ClusterIp => "cluster_ip",
             Slot::ClusterCidr => "cluster_cidr",
             Slot::EndpointIp => "endpoint_ip",
@@ -61,6 +83,12 @@ impl Slot {
             Slot::Protocol => "protocol",
             Slot::EndpointCount => "endpoint_count",
             Slot::EndpointChains => "endpoint_chains",
+            Slot::EndpointChain => "endpoint_chain",
+            Slot::AffinitySet => "affinity_set",
+            Slot::AffinityTimeout => "affinity_timeout",
+            Slot::ClusterChain => "cluster_chain",
+            Slot::PolicyChain => "policy_chain",
+            Slot::AllowedSources => "allowed_sources",
         }
     }
 
@@ -75,11 +103,18 @@ impl Slot {
                 | (Slot::AddrType, Value::Family(_))
                 | (Slot::Mark, Value::Mark(_))
                 | (Slot::ClusterIp | Slot::EndpointIp, Value::Addr(_))
-                | (Slot::ClusterCidr, Value::Cidr(_))
+                | (Slot::ClusterCidr | Slot::Loopback, Value::Cidr(_))
                 | (Slot::Endpoint, Value::SocketAddr(_))
                 | (Slot::Protocol, Value::Protocol(_))
                 | (Slot::EndpointCount, Value::Count(_))
                 | (Slot::EndpointChains, Value::Chains(_))
+                | (
+                    Slot::EndpointChain | Slot::ClusterChain | Slot::PolicyChain,
+                    Value::Chain(_)
+                )
+                | (Slot::AffinitySet, Value::Set(_))
+                | (Slot::AffinityTimeout, Value::Seconds(_))
+                | (Slot::AllowedSources, Value::Cidrs(_))
         )
     }
 }
@@ -96,6 +131,13 @@ pub enum Value {
     Count(u32),
     /// Chains chosen by index: rendered `0 : goto a, 1 : goto b`.
     Chains(Arc<[ChainName]>),
+    Chain(ChainName),
+    Set(SetName),
+    /// A duration in seconds, written as nft prints durations (`1d2h3m4s`).
+    Seconds(u32),
+    /// Prefixes written as an anonymous set `{ a, b }`, or bare when there is one (host prefixes
+    /// as plain addresses).
+    Cidrs(Arc<[Cidr]>),
 }
 
 impl Value {
@@ -106,10 +148,29 @@ impl Value {
             (_, Value::Family(f)) => out.write_str(f.nft_name()),
             (_, Value::Mark(m)) => write!(out, "0x{m:08x}"),
             (_, Value::Addr(a)) => write!(out, "{a}"),
-            (_, Value::Cidr(c)) => write!(out, "{c}"),
+            (_, Value::Cidr(c)) => write_cidr(c, out),
             (_, Value::SocketAddr(s)) => write!(out, "{s}"),
             (_, Value::Protocol(p)) => out.write_str(p.nft_name()),
             (_, Value::Count(n)) => write!(out, "{n}"),
+            (_, Value::Chain(c)) => write!(out, "{c}"),
+            (_, Value::Set(s)) => write!(out, "{s}"),
+            (_, Value::Seconds(secs)) => write_duration(*secs, out),
+            (_, Value::Cidrs(list)) => {
+                // One prefix is written bare: nft prints a one-element set that way.
+                if let [one] = &list[..] {
+                    write_cidr(one, out)
+                } else {
+                    out.push_str("{ ");
+                    for (i, c) in list.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        let _ = write_cidr(c, out);
+                    }
+                    out.push_str(" }");
+                    Ok(())
+                }
+            }
             (_, Value::Chains(chains)) => {
                 for (i, chain) in chains.iter().enumerate() {
                     if i > 0 {
@@ -121,6 +182,38 @@ impl Value {
             }
         };
     }
+}
+
+/// A prefix as nft prints it: a full-length prefix is just the address.
+fn write_cidr(c: &Cidr, out: &mut String) -> fmt::Result {
+    let full = match c.family() {
+        Family::V4 => 32,
+        Family::V6 => 128,
+    };
+    if c.prefix_len() == full {
+        write!(out, "{}", c.addr())
+    } else {
+        write!(out, "{c}")
+    }
+}
+
+/// A duration as nft prints it: `3h`, `1m40s`, `1d`, `0s`.
+fn write_duration(secs: u32, out: &mut String) -> fmt::Result {
+    if secs == 0 {
+        return out.write_str("0s");
+    }
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    for (n, unit) in parts {
+        if n > 0 {
+            write!(out, "{n}{unit}")?;
+        }
+    }
+    Ok(())
 }
 
 /// One piece of a rule template.
@@ -338,6 +431,38 @@ mod tests {
             rule.to_string(),
             "numgen random mod 2 vmap { 0 : goto a, 1 : goto b } 0x00004000 [fd00::1]:80 ipv4_addr"
         );
+    }
+
+    #[test]
+    fn durations_and_prefixes_print_as_nft_prints_them() {
+        let mut out = String::new();
+        for secs in [10_800, 100, 86_400, 90_061, 0] {
+            write_duration(secs, &mut out).unwrap();
+            out.push(' ');
+        }
+        assert_eq!(out, "3h 1m40s 1d 1d1h1m1s 0s ");
+        let shape = leak(
+            RuleShape::parse(
+                "t",
+                "ip saddr != $allowed_sources drop",
+                &[Slot::AllowedSources],
+            )
+            .unwrap(),
+        );
+        let cidrs: Arc<[Cidr]> = vec![
+            Cidr::parse("1.2.3.4/32").unwrap(),
+            Cidr::parse("10.0.0.0/8").unwrap(),
+        ]
+        .into();
+        let rule = shape
+            .bind(&[(Slot::AllowedSources, Value::Cidrs(cidrs.clone()))])
+            .unwrap();
+        assert_eq!(rule.to_string(), "ip saddr != { 1.2.3.4, 10.0.0.0/8 } drop");
+        let one: Arc<[Cidr]> = cidrs[1..].into();
+        let rule = shape
+            .bind(&[(Slot::AllowedSources, Value::Cidrs(one))])
+            .unwrap();
+        assert_eq!(rule.to_string(), "ip saddr != 10.0.0.0/8 drop");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! manifests ([`files`]). Objects are validated here, so invalid input is logged where it was
 //! found (file, document) and never reaches the state.
 
+pub mod addresses;
 pub mod files;
 pub mod manifest;
 
@@ -14,6 +15,8 @@ pub enum Event {
     Changes(Vec<Change>),
     /// The source has delivered its complete initial view; programming may start.
     Synced,
+    /// The node's local addresses (for NodePorts and health checks) are now these.
+    LocalAddresses(Vec<std::net::IpAddr>),
     /// Stop the reconciler (rules stay in place).
     Shutdown,
 }
