@@ -2,12 +2,13 @@
 //!
 //! - `serve NAME PORT`: answers TCP and UDP on PORT (IPv4 and IPv6) with `NAME PEER-IP` and
 //!   prints `ready` once listening.
-//! - `connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS]`: COUNT attempts, one result line
-//!   each: `ok NAME PEER-IP MS`, `refused MS`, `denied MS` (the local send was rejected),
+//! - `connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS [BIND]]`: COUNT attempts, from the
+//!   local address BIND (`ip:port`, port 0 for any) if given; one result line each:
+//!   `ok NAME PEER-IP MS`, `refused MS`, `denied MS` (the local send was rejected),
 //!   `timeout MS` or `error TEXT MS`.
-//! - `http-get ADDR:PORT PATH`: prints the status line, then the body.
+//! - `http-get ADDR:PORT PATH`: prints the response head, an empty line, then the body.
 //!
-//! Only std; test tooling, not part of the proxy.
+//! Only std and socket2; test tooling, not part of the proxy.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -17,12 +18,16 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match words.as_slice() {
         ["serve", name, port] => serve(name, port),
-        ["connect", proto, addr, count, timeout] => connect(proto, addr, count, timeout, "0"),
-        ["connect", proto, addr, count, timeout, interval] => connect(proto, addr, count, timeout, interval),
+        ["connect", proto, addr, count, timeout, rest @ ..] if rest.len() <= 2 => {
+            connect(proto, addr, count, timeout, rest.first().copied().unwrap_or("0"), rest.get(1).copied())
+        }
         ["http-get", addr, path] => http_get(addr, path),
-        _ => Err("usage: serve NAME PORT | connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS] | http-get ADDR:PORT PATH".into()),
+        _ => Err("usage: serve NAME PORT | connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS [BIND]] | \
+                  http-get ADDR:PORT PATH"
+            .into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -35,31 +40,29 @@ fn main() -> ExitCode {
 
 fn serve(name: &str, port: &str) -> Result<(), String> {
     let port: u16 = port.parse().map_err(|_| "bad port")?;
-    let mut handles = Vec::new();
     // One IPv6 socket per protocol accepts both families (v4-mapped), the kernel default.
     let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
     let tcp = TcpListener::bind(addr).map_err(|e| format!("tcp bind: {e}"))?;
     let udp = UdpSocket::bind(addr).map_err(|e| format!("udp bind: {e}"))?;
     let tcp_name = name.to_string();
-    handles.push(thread::spawn(move || {
+    let tcp_thread = thread::spawn(move || {
         for stream in tcp.incoming().flatten() {
             let name = tcp_name.clone();
             thread::spawn(move || answer_tcp(stream, &name));
         }
-    }));
+    });
     let udp_name = name.to_string();
-    handles.push(thread::spawn(move || {
+    let udp_thread = thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((_, peer)) = udp.recv_from(&mut buf) {
             let reply = format!("{udp_name} {}\n", plain_ip(peer));
             let _ = udp.send_to(reply.as_bytes(), peer);
         }
-    }));
+    });
     println!("ready");
     let _ = std::io::stdout().flush();
-    for h in handles {
-        let _ = h.join();
-    }
+    let _ = tcp_thread.join();
+    let _ = udp_thread.join();
     Ok(())
 }
 
@@ -67,7 +70,7 @@ fn answer_tcp(mut stream: TcpStream, name: &str) {
     if let Ok(peer) = stream.peer_addr() {
         let _ = stream.write_all(format!("{name} {}\n", plain_ip(peer)).as_bytes());
     }
-    // Stay open briefly so a long-lived client can hold the connection (see `connect`).
+    // Stay open until the client goes, so a client can hold the connection.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut sink = [0u8; 64];
     let _ = stream.read(&mut sink);
@@ -90,11 +93,16 @@ fn connect(
     count: &str,
     timeout: &str,
     interval: &str,
+    bind: Option<&str>,
 ) -> Result<(), String> {
     let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
     let count: u32 = count.parse().map_err(|_| "bad count")?;
     let timeout = Duration::from_millis(timeout.parse().map_err(|_| "bad timeout")?);
     let interval = Duration::from_millis(interval.parse().map_err(|_| "bad interval")?);
+    let bind: Option<SocketAddr> = match bind {
+        Some(b) => Some(b.parse().map_err(|_| format!("bad bind address {b}"))?),
+        None => None,
+    };
     let mut out = std::io::stdout();
     for i in 0..count {
         if i > 0 && !interval.is_zero() {
@@ -102,8 +110,8 @@ fn connect(
         }
         let start = Instant::now();
         let result = match proto {
-            "tcp" => tcp_once(addr, timeout),
-            "udp" => udp_once(addr, timeout),
+            "tcp" => tcp_once(addr, timeout, bind),
+            "udp" => udp_once(addr, timeout, bind),
             _ => return Err("protocol must be tcp or udp".into()),
         };
         let ms = start.elapsed().as_millis();
@@ -123,22 +131,49 @@ fn connect(
     Ok(())
 }
 
-fn tcp_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+fn socket(
+    addr: SocketAddr,
+    kind: socket2::Type,
+    protocol: socket2::Protocol,
+) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    socket2::Socket::new(domain, kind, Some(protocol))
+}
+
+fn tcp_once(
+    addr: SocketAddr,
+    timeout: Duration,
+    bind: Option<SocketAddr>,
+) -> std::io::Result<String> {
+    // std cannot bind before connecting; socket2 can.
+    let socket = socket(addr, socket2::Type::STREAM, socket2::Protocol::TCP)?;
+    if let Some(local) = bind {
+        socket.set_reuse_address(true)?;
+        socket.bind(&local.into())?;
+    }
+    socket.connect_timeout(&addr.into(), timeout)?;
+    let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(timeout))?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
     Ok(line)
 }
 
-fn udp_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse()
-    } else {
-        "[::]:0".parse()
+fn udp_once(
+    addr: SocketAddr,
+    timeout: Duration,
+    bind: Option<SocketAddr>,
+) -> std::io::Result<String> {
+    let socket = socket(addr, socket2::Type::DGRAM, socket2::Protocol::UDP)?;
+    if let Some(local) = bind {
+        socket.set_reuse_address(true)?;
+        socket.bind(&local.into())?;
     }
-    .map_err(|_| std::io::Error::other("bind address"))?;
-    let socket = UdpSocket::bind(bind)?;
+    let socket: UdpSocket = socket.into();
     socket.connect(addr)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send(b"hello\n")?;
@@ -160,7 +195,7 @@ fn http_get(addr: &str, path: &str) -> Result<(), String> {
         .read_to_string(&mut response)
         .map_err(|e| e.to_string())?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    println!("{}", head.lines().next().unwrap_or(""));
+    println!("{}\n", head.replace("\r\n", "\n"));
     print!("{body}");
     Ok(())
 }

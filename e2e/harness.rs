@@ -12,7 +12,7 @@
 //! tests never collide; everything is removed on drop, also when the test fails, and namespaces
 //! left by a killed test run are swept at the next start.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,17 @@ pub const PROXY: &str = env!("CARGO_BIN_EXE_kube-nft-proxy");
 pub const ECHO: &str = env!("CARGO_BIN_EXE_knp-e2e-echo");
 pub const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/56";
 pub const NODE_NAME: &str = "node1";
+/// The node's address towards `ext` (its primary address), and a second one on the same link.
+pub const NODE_IP4: &str = "192.168.50.1";
+pub const NODE_IP6: &str = "fd00:50::1";
+pub const ALT_NODE_IP4: &str = "192.168.51.1";
+pub const ALT_NODE_IP6: &str = "fd00:51::1";
+/// `ext`'s addresses: an allowed client, and one outside the source ranges tests use
+/// (192.168.50.0/25, fd00:50::/121).
+pub const EXT_IP4: &str = "192.168.50.2";
+pub const EXT_IP6: &str = "fd00:50::2";
+pub const BLOCKED_IP4: &str = "192.168.50.130";
+pub const BLOCKED_IP6: &str = "fd00:50::130";
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static SWEEP: Once = Once::new();
@@ -208,12 +219,41 @@ impl Cluster {
         ]);
         node.ip(&["addr", "add", "192.168.50.1/24", "dev", "ext0"]);
         node.ip(&["-6", "addr", "add", "fd00:50::1/64", "dev", "ext0", "nodad"]);
+        node.ip(&["addr", "add", "192.168.51.1/24", "dev", "ext0"]);
+        node.ip(&["-6", "addr", "add", "fd00:51::1/64", "dev", "ext0", "nodad"]);
         node.ip(&["link", "set", "ext0", "up"]);
         ext.ip(&["addr", "add", "192.168.50.2/24", "dev", "eth0"]);
         ext.ip(&["-6", "addr", "add", "fd00:50::2/64", "dev", "eth0", "nodad"]);
+        ext.ip(&["addr", "add", "192.168.50.130/24", "dev", "eth0"]);
+        ext.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:50::130/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
         ext.ip(&["link", "set", "eth0", "up"]);
-        ext.ip(&["route", "add", "default", "via", "192.168.50.1"]);
-        ext.ip(&["-6", "route", "add", "default", "via", "fd00:50::1"]);
+        ext.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.50.1",
+            "src",
+            "192.168.50.2",
+        ]);
+        ext.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            "fd00:50::1",
+            "src",
+            "fd00:50::2",
+        ]);
         node.ip(&["route", "add", "default", "via", "192.168.50.2"]);
         node.ip(&["-6", "route", "add", "default", "via", "fd00:50::2"]);
         let mut cluster = Cluster {
@@ -334,6 +374,12 @@ impl Cluster {
 
     /// Starts the proxy in the node namespace and waits until both tables exist.
     pub fn start_proxy(&mut self, extra: &[&str]) {
+        self.start_proxy_with(true, extra);
+    }
+
+    /// Starts the proxy with or without `--cluster-cidr` (without it, nothing is known to be pod
+    /// traffic: upstream's "no LocalTrafficDetector").
+    pub fn start_proxy_with(&mut self, cluster_cidr: bool, extra: &[&str]) {
         let dir = self.dir.display().to_string();
         let mut args: Vec<String> = [
             "run",
@@ -341,14 +387,15 @@ impl Cluster {
             &dir,
             "--hostname-override",
             NODE_NAME,
-            "--cluster-cidr",
-            CLUSTER_CIDRS,
             "--min-sync-period",
             "100ms",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if cluster_cidr {
+            args.extend(["--cluster-cidr".to_string(), CLUSTER_CIDRS.to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         self.proxy_args = args;
         self.restart_proxy();
@@ -432,18 +479,63 @@ impl Cluster {
         count: u32,
         timeout_ms: u32,
     ) -> Vec<Reply> {
+        self.connect_from(from, None, proto, to, count, timeout_ms)
+    }
+
+    /// `count` connection attempts from the local address `bind` (`ip:port`) if given.
+    pub fn connect_from(
+        &self,
+        from: From,
+        bind: Option<&str>,
+        proto: &str,
+        to: &str,
+        count: u32,
+        timeout_ms: u32,
+    ) -> Vec<Reply> {
+        let (count, timeout) = (count.to_string(), timeout_ms.to_string());
+        let mut cmd = vec![ECHO, "connect", proto, to, &count, &timeout];
+        if let Some(bind) = bind {
+            cmd.extend(["0", bind]);
+        }
         let out = self
             .client_ns(from)
-            .exec(&[
-                ECHO,
-                "connect",
-                proto,
-                to,
-                &count.to_string(),
-                &timeout_ms.to_string(),
-            ])
+            .exec(&cmd)
             .unwrap_or_else(|e| panic!("client: {e}"));
         out.lines().map(parse_reply).collect()
+    }
+
+    /// A Node object for this node: its primary addresses and a zone.
+    pub fn node_object(&self, zone: &str) -> Value {
+        kube_nft_proxy::fixtures::NodeBuilder::new(NODE_NAME)
+            .zone(zone)
+            .address(NODE_IP4)
+            .address(NODE_IP6)
+            .json()
+            .clone()
+    }
+
+    /// Waits until the kernel holds the chains the current manifests call for: `render` (same
+    /// flags, no kernel) and `nft list` must agree rule for rule.
+    pub fn settle(&self) {
+        let mut args: Vec<&str> = vec![PROXY, "render"];
+        args.extend(self.proxy_args.iter().skip(1).map(String::as_str));
+        let script = run(&args).unwrap_or_else(|e| panic!("render: {e}"));
+        for family in ["ip", "ip6"] {
+            let want = rules_by_chain_rendered(&script, family);
+            wait_for(
+                &format!("the {family} rules to settle"),
+                Duration::from_secs(5),
+                || {
+                    self.nft(&["list", "table", family, "kube-nft-proxy"])
+                        .is_ok_and(|l| rules_by_chain_listed(&l) == want)
+                },
+            );
+        }
+    }
+
+    /// Status line, headers and body of an HTTP GET from `from`.
+    pub fn http_get(&self, from: From, addr: &str, path: &str) -> Result<String, String> {
+        self.client_ns(from).exec(&[ECHO, "http-get", addr, path])
     }
 
     /// Starts a client that makes `count` connections, one every `interval_ms`, in the background.
@@ -507,6 +599,53 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.dir);
         // The namespaces are deleted by their own Drop (fields drop after this).
     }
+}
+
+/// `chain name → rule lines` from an `nft list table` listing.
+pub fn rules_by_chain_listed(listing: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in listing.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            current = Some(name.to_string());
+            chains.insert(name.to_string(), Vec::new());
+        } else if line == "}" {
+            current = None;
+        } else if let Some(chain) = &current
+            && !line.starts_with("type ")
+            && !line.is_empty()
+            && let Some(rules) = chains.get_mut(chain)
+        {
+            rules.push(line.to_string());
+        }
+    }
+    chains
+}
+
+/// `chain name → rule lines` of one family from a `render` script.
+pub fn rules_by_chain_rendered(script: &str, family: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let prefix = format!("add chain {family} kube-nft-proxy ");
+    let rule_prefix = format!("add rule {family} kube-nft-proxy ");
+    for line in script.lines() {
+        if let Some(rest) = line.strip_prefix(&prefix) {
+            chains
+                .entry(rest.split(' ').next().unwrap_or("").to_string())
+                .or_default();
+        } else if let Some((chain, rule)) = line
+            .strip_prefix(&rule_prefix)
+            .and_then(|r| r.split_once(' '))
+        {
+            chains
+                .entry(chain.to_string())
+                .or_default()
+                .push(rule.to_string());
+        }
+    }
+    chains
 }
 
 /// Parses a line printed by `knp-e2e-echo connect`.

@@ -1,10 +1,12 @@
 //! The proxy's life: following file changes, restarting without a gap, surviving bad input,
 //! cleaning up, and showing operators exactly the templated rules.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, From, PROXY, Reply, addr, answered, require_root, run, wait_for};
+use crate::harness::{
+    Cluster, From, PROXY, Reply, addr, answered, require_root, rules_by_chain_listed,
+    rules_by_chain_rendered, run, wait_for,
+};
 use crate::objects::{service, slice};
 
 const HTTP: [(&str, i32, &str); 1] = [("http", 80, "TCP")];
@@ -265,49 +267,6 @@ fn cleanup_leaves_no_table_behind() {
     c.node
         .exec(&[PROXY, "cleanup"])
         .expect("cleanup with nothing to do exits 0");
-}
-
-/// `chain name → rule lines` from an nft listing or a render script.
-fn rules_by_chain_listed(listing: &str) -> BTreeMap<String, Vec<String>> {
-    let mut chains = BTreeMap::new();
-    let mut current: Option<String> = None;
-    for line in listing.lines().map(str::trim) {
-        if let Some(name) = line
-            .strip_prefix("chain ")
-            .and_then(|l| l.strip_suffix(" {"))
-        {
-            current = Some(name.to_string());
-            chains.insert(name.to_string(), Vec::new());
-        } else if line == "}" {
-            current = None;
-        } else if let Some(chain) = &current
-            && !line.starts_with("type ")
-            && !line.is_empty()
-        {
-            chains.get_mut(chain).expect("chain").push(line.to_string());
-        }
-    }
-    chains
-}
-
-fn rules_by_chain_rendered(script: &str, family: &str) -> BTreeMap<String, Vec<String>> {
-    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let prefix = format!("add chain {family} kube-nft-proxy ");
-    let rule_prefix = format!("add rule {family} kube-nft-proxy ");
-    for line in script.lines() {
-        if let Some(rest) = line.strip_prefix(&prefix) {
-            chains
-                .entry(rest.split(' ').next().unwrap_or("").to_string())
-                .or_default();
-        } else if let Some(rest) = line.strip_prefix(&rule_prefix) {
-            let (chain, rule) = rest.split_once(' ').expect("rule");
-            chains
-                .entry(chain.to_string())
-                .or_default()
-                .push(rule.to_string());
-        }
-    }
-    chains
 }
 
 #[test]

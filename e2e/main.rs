@@ -2,6 +2,11 @@
 //! tests create, and real TCP/UDP packets check the result. Needs root.
 
 mod clusterip;
+mod flows;
 mod harness;
 mod lifecycle;
+mod masquerade;
 mod objects;
+mod policies;
+mod rows;
+mod tables;

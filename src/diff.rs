@@ -128,9 +128,10 @@ impl Phases {
     fn into_ops(self, family: Family, out: &mut Vec<Op>) {
         out.extend(self.table);
         out.extend(self.add_sets);
+        // Flushing first removes jumps to a chain that is about to be deleted and re-created.
+        out.extend(self.flush_chains);
         out.extend(self.remove_base_chains);
         out.extend(self.add_chains);
-        out.extend(self.flush_chains);
         out.extend(self.flush_sets);
         out.extend(
             self.delete_elements
@@ -168,9 +169,10 @@ pub fn diff(
             }
             (true, None) => build_table(family, desired, &mut phases),
             (true, Some(table)) => {
-                if set_specs_differ(family, table, desired, scope) {
-                    // A set's type cannot change in place: replace the whole table in the same
-                    // atomic transaction, so there is no moment without rules.
+                if must_replace(family, table, desired, scope) {
+                    // A set's type cannot change in place, and objects someone else put in our
+                    // table may have names nft cannot even parse: replace the whole table in the
+                    // same atomic transaction, so there is no moment without rules.
                     phases.table.push(Op::DeleteTable(family));
                     build_table(family, desired, &mut phases);
                 } else {
@@ -195,12 +197,10 @@ pub fn diff(
     Transaction { ops }
 }
 
-fn set_specs_differ(
-    family: Family,
-    table: &KernelTable,
-    desired: &Ruleset,
-    scope: Scope<'_>,
-) -> bool {
+/// Whether the table has to be replaced rather than updated: a set of another type, or, on a
+/// full diff, objects we did not write (a chain or set we do not want whose name is not one of our
+/// per-service names, or objects we could not read at all).
+fn must_replace(family: Family, table: &KernelTable, desired: &Ruleset, scope: Scope<'_>) -> bool {
     let differs = |name: &SetName, spec: &SetSpec| {
         table
             .sets
@@ -208,7 +208,19 @@ fn set_specs_differ(
             .is_some_and(|k| !spec.matches_kernel(&k.spec))
     };
     match scope {
-        Scope::Full => desired.sets(family).any(|(n, s)| differs(n, s)),
+        Scope::Full => {
+            let ours = |name: &str| name.contains('/');
+            table.foreign
+                || desired.sets(family).any(|(n, s)| differs(n, s))
+                || table
+                    .chains
+                    .keys()
+                    .any(|n| desired.chain(family, n).is_none() && !ours(n.as_str()))
+                || table
+                    .sets
+                    .keys()
+                    .any(|n| desired.set(family, n).is_none() && !ours(n.as_str()))
+        }
         Scope::Objects(objects) => objects.iter().any(|o| match o {
             ObjectRef::Set(f, name) if *f == family => {
                 desired.set(family, name).is_some_and(|s| differs(name, s))

@@ -66,7 +66,7 @@ fn render(args: &ProxyArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
     let dir = manifest_dir(&settings)?;
     let metrics = Metrics::new()?;
-    let changes = FileSource::new(dir, metrics.clone()).rescan()?;
+    let changes = FileSource::new(dir, metrics.clone()).settled_scan()?;
     let mut reconciler = Reconciler::new(
         Timing::default(),
         node_settings(&settings),

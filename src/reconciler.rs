@@ -205,24 +205,26 @@ impl Reconciler {
 
     /// When the next sync (or stale-chain deletion) should start, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let mut deadline = None::<Instant>;
-        if self.sync_wanted() {
-            let mut at = self
-                .last_sync_end
-                .map(|t| t + self.timing.min_sync_period)
-                .unwrap_or_else(Instant::now);
-            if let Some(retry) = self.retry_at {
-                at = at.max(retry);
-            }
-            deadline = Some(at);
+        if !self.source_synced {
+            return None;
         }
-        if self.source_synced
-            && let Some(oldest) = self.stale.values().min()
-        {
-            let at = *oldest + self.timing.stale_chain_delay;
-            deadline = Some(deadline.map_or(at, |d| d.min(at)));
+        let wanted = if self.sync_wanted() {
+            Some(Instant::now())
+        } else {
+            self.stale
+                .values()
+                .min()
+                .map(|oldest| *oldest + self.timing.stale_chain_delay)
+        };
+        // Whatever the reason, a sync waits for min-sync-period and for the retry backoff.
+        let mut at = wanted?;
+        if let Some(end) = self.last_sync_end {
+            at = at.max(end + self.timing.min_sync_period);
         }
-        deadline
+        if let Some(retry) = self.retry_at {
+            at = at.max(retry);
+        }
+        Some(at)
     }
 
     /// The transaction that creates everything from nothing (for `render`).
@@ -385,7 +387,9 @@ impl Reconciler {
     fn failed(&mut self, now: Instant) -> SyncOutcome {
         self.metrics.sync_failures.inc();
         self.failures = self.failures.saturating_add(1);
-        let backoff = Duration::from_secs(1 << self.failures.min(6)).min(self.timing.sync_period);
+        // 1 s, doubling, at most --sync-period.
+        let backoff =
+            Duration::from_secs(1 << (self.failures - 1).min(6)).min(self.timing.sync_period);
         self.retry_at = Some(now + backoff);
         // The kernel is unchanged but our mirror may be wrong (someone else touched the table):
         // read it again and diff everything.

@@ -48,20 +48,19 @@ pub fn table(json: &[u8]) -> Result<KernelTable, String> {
     let mut rules: BTreeMap<String, (usize, Option<Digest>)> = BTreeMap::new();
     for obj in objects(json)? {
         if let Some(c) = obj.get("chain") {
-            let Some(name) = c
+            let name = c
                 .get("name")
                 .and_then(Value::as_str)
-                .and_then(|n| ChainName::new(n).ok())
-            else {
+                .and_then(|n| ChainName::new(n).ok());
+            let Some(name) = name else {
+                table.foreign = true;
                 continue;
             };
-            table.chains.insert(
-                name,
-                KernelChain {
-                    base: base_chain(c),
-                    content: ChainContent::Empty,
-                },
-            );
+            let chain = KernelChain {
+                base: base_chain(c),
+                content: ChainContent::Empty,
+            };
+            table.chains.insert(name, chain);
         } else if let Some(r) = obj.get("rule") {
             let Some(chain) = r.get("chain").and_then(Value::as_str) else {
                 continue;
@@ -74,8 +73,28 @@ pub fn table(json: &[u8]) -> Result<KernelTable, String> {
                     .and_then(Digest::from_comment);
             }
             entry.0 += 1;
-        } else if let Some((name, set)) = obj.get("set").or_else(|| obj.get("map")).and_then(set) {
-            table.sets.insert(name, set);
+        } else if let Some(s) = obj.get("set").or_else(|| obj.get("map")) {
+            match set(s) {
+                Some((name, set)) => {
+                    table.sets.insert(name, set);
+                }
+                None => table.foreign = true,
+            }
+        } else if [
+            "flowtable",
+            "counter",
+            "quota",
+            "limit",
+            "ct helper",
+            "ct timeout",
+            "secmark",
+            "synproxy",
+        ]
+        .iter()
+        .any(|kind| obj.get(*kind).is_some())
+        {
+            // Objects we never create: someone else wrote into our table.
+            table.foreign = true;
         }
     }
     for (name, chain) in table.chains.iter_mut() {
@@ -144,12 +163,14 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
     };
     let mut elements = BTreeMap::new();
     let mut foreign_elements = false;
-    for item in s
-        .get("elem")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    // Elements of sets with timeouts are added by the packet path (affinity): not ours to diff.
+    let packet_path = spec.flags.contains(&SetFlag::Timeout);
+    let items = if packet_path {
+        None
+    } else {
+        s.get("elem").and_then(Value::as_array)
+    };
+    for item in items.into_iter().flatten() {
         match element(item, &spec) {
             Some((k, v)) => {
                 elements.insert(k, v);

@@ -480,4 +480,6 @@ fn candidates(
 }
 
 #[cfg(test)]
+mod rows;
+#[cfg(test)]
 mod tests;

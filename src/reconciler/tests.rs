@@ -181,8 +181,8 @@ fn an_endpoint_change_rewrites_only_that_service() {
     assert_eq!(
         describe(&last_tx(&backend)),
         [
-            "add chain endpoint-ns/a/tcp/http__10.0.1.2/8080",
             "flush chain service-ns/a/tcp/http",
+            "add chain endpoint-ns/a/tcp/http__10.0.1.2/8080",
             "add 2 rules endpoint-ns/a/tcp/http__10.0.1.2/8080",
             "add 2 rules service-ns/a/tcp/http",
         ]
@@ -287,9 +287,9 @@ fn a_restarted_proxy_fixes_only_what_changed_while_it_was_down() {
     assert_eq!(
         describe(&last_tx(&backend)),
         [
-            "add chain endpoint-ns/a/tcp/http__10.0.1.9/8080",
             "flush chain endpoint-ns/a/tcp/http__10.0.1.1/8080",
             "flush chain service-ns/a/tcp/http",
+            "add chain endpoint-ns/a/tcp/http__10.0.1.9/8080",
             "add 2 rules endpoint-ns/a/tcp/http__10.0.1.9/8080",
             "add 2 rules service-ns/a/tcp/http",
         ]
@@ -330,4 +330,27 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
         .unwrap()
         .to_string();
     assert_eq!(verdict, "goto service-ns/a/tcp/http");
+}
+
+#[test]
+fn a_failing_stale_chain_deletion_waits_for_the_backoff() {
+    let backend = FakeBackend::default();
+    let mut r = started(
+        &backend,
+        vec![service("a", "10.96.0.1"), slice("a", &["10.0.1.1"])],
+    );
+    r.handle(Event::Changes(vec![Change::Delete(ObjectId::Service {
+        namespace: "ns".into(),
+        name: "a".into(),
+    })]));
+    let t0 = Instant::now();
+    r.sync(t0);
+    backend.0.lock().unwrap().fail_next = true;
+    // The retry re-reads the kernel and diffs in full; make it fail again to check the spacing.
+    assert_eq!(r.sync(t0 + Duration::from_secs(2)), SyncOutcome::Failed);
+    let next = r.next_deadline().unwrap();
+    assert!(
+        next >= Instant::now() + Duration::from_millis(900),
+        "no busy retry"
+    );
 }

@@ -241,7 +241,7 @@ impl PortRenderer<'_> {
     /// `namespace/name:port`, upstream's element comment.
     fn comment(&self) -> Result<Comment, RenderError> {
         let text = format!("{}:{}", self.key, self.port.name);
-        Ok(Comment::new(text.trim_end_matches(':'))?)
+        Ok(Comment::shortened(text.trim_end_matches(':'))?)
     }
 
     fn affinity_set(&self, endpoint: std::net::SocketAddr) -> Result<SetName, RenderError> {

@@ -89,16 +89,22 @@ impl<T: PartialEq + Clone> Claims<T> {
         }
         let at = self.0.partition_point(|(o, _)| o < owner);
         self.0.insert(at, (owner.clone(), value));
-        let (first_owner, first_value) = &self.0[0];
-        let differs = self.0.iter().any(|(_, v)| v != first_value);
-        differs.then(|| Conflict {
+        let (winner, winning) = &self.0[0];
+        // The new claim conflicts if it wins over different content, or loses with different content.
+        let loser = if winner == owner {
+            self.0[1..]
+                .iter()
+                .find(|(_, v)| v != winning)
+                .map(|(o, _)| o.clone())?
+        } else if self.0[at].1 != *winning {
+            owner.clone()
+        } else {
+            return None;
+        };
+        Some(Conflict {
             object: object(),
-            winner: first_owner.clone(),
-            loser: if first_owner == owner {
-                self.0[1].0.clone()
-            } else {
-                owner.clone()
-            },
+            winner: winner.clone(),
+            loser,
         })
     }
 
@@ -363,6 +369,22 @@ mod tests {
         r.remove(&owner("b"), &mut touched);
         assert_eq!(effective(&r), None);
         assert!(r.owners().next().is_none());
+    }
+
+    #[test]
+    fn a_third_claim_agreeing_with_the_winner_is_no_conflict() {
+        let mut r = Ruleset::new();
+        let mut touched = BTreeSet::new();
+        r.replace(owner("a"), vec![element("x")], &mut touched);
+        assert_eq!(
+            r.replace(owner("b"), vec![element("y")], &mut touched)
+                .len(),
+            1
+        );
+        assert!(
+            r.replace(owner("c"), vec![element("x")], &mut touched)
+                .is_empty()
+        );
     }
 
     #[test]

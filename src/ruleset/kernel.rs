@@ -40,6 +40,8 @@ pub struct KernelSet {
 pub struct KernelTable {
     pub chains: BTreeMap<ChainName, KernelChain>,
     pub sets: BTreeMap<SetName, KernelSet>,
+    /// The table holds objects we cannot name or write (put there by someone else).
+    pub foreign: bool,
 }
 
 /// Both families' tables (`None`: the table does not exist).

@@ -6,6 +6,8 @@
 pub mod desired;
 pub mod kernel;
 pub mod rule;
+#[cfg(test)]
+pub mod tracer;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -414,8 +416,20 @@ impl fmt::Display for Verdict {
 pub struct Comment(Arc<str>);
 
 impl Comment {
+    /// The longest comment the kernel keeps.
+    pub const MAX_LEN: usize = 128;
+
+    /// A comment cut to [`Comment::MAX_LEN`] bytes (comments are informational).
+    pub fn shortened(text: &str) -> Result<Comment, NameError> {
+        let mut end = text.len().min(Self::MAX_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Comment::new(&text[..end])
+    }
+
     pub fn new(text: &str) -> Result<Comment, NameError> {
-        let ok = text.len() <= 128
+        let ok = text.len() <= Self::MAX_LEN
             && text
                 .bytes()
                 .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\');

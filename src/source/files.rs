@@ -1,11 +1,15 @@
 //! The manifests-directory source: every `*.yaml`, `*.yml` and `*.json` file directly in the
 //! directory (hidden files and subdirectories are skipped; symlinks are followed, so ConfigMap
-//! volumes work). The directory is watched with inotify (polling if that is unavailable); after a
-//! change, files whose size or times changed are parsed again and the difference is sent on.
+//! volumes work). The directory is watched with inotify (polling if that is unavailable) and also
+//! rescanned every few seconds, which catches what inotify cannot see (a replaced directory, a
+//! symlink target edited elsewhere). After a change, files whose size or times changed are parsed
+//! again and the difference is sent on.
 //!
-//! When an object is defined in several files, the first file in name order wins. A file that
-//! cannot be parsed keeps contributing what it held before (it may be mid-write); an object that
-//! parses but is invalid is dropped, as if it were not there.
+//! A file is parsed only once it has not been modified for a moment, so a file being written
+//! (truncated, then filled) is never read half-way. When an object is defined in several files,
+//! the first file in name order with a valid definition wins. A file that cannot be parsed keeps
+//! contributing what it held before; an object that parses but is invalid is dropped, as if it
+//! were not there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,10 +25,12 @@ use crate::metrics::Metrics;
 use crate::model::{Object, ObjectId};
 use crate::state::Change;
 
+/// How long a file must stay unmodified before it is read.
+const SETTLE: Duration = Duration::from_millis(150);
 /// How long to wait for more events after the first before rescanning.
-const DEBOUNCE: Duration = Duration::from_millis(50);
-/// Poll interval when inotify is unavailable.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const DEBOUNCE: Duration = Duration::from_millis(30);
+/// Rescan interval without events, and the poll interval when inotify is unavailable.
+const RESCAN: Duration = Duration::from_secs(2);
 
 /// Identity and version of a file as seen by `stat`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,6 +51,13 @@ impl Stamp {
             inode: (meta.dev(), meta.ino()),
         }
     }
+
+    /// Modified less than [`SETTLE`] ago (a time in the future counts as settled).
+    fn is_fresh(&self, now: SystemTime) -> bool {
+        self.modified
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age < SETTLE)
+    }
 }
 
 /// What one file contributes: object → its valid content (`None`: invalid or ignored).
@@ -52,6 +65,14 @@ impl Stamp {
 struct FileEntry {
     stamp: Stamp,
     objects: BTreeMap<ObjectId, Option<Object>>,
+}
+
+/// The result of a scan.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub changes: Vec<Change>,
+    /// Some files are still being written: scan again shortly.
+    pub unsettled: bool,
 }
 
 /// Tracks the directory's files and the objects last sent.
@@ -73,8 +94,10 @@ impl FileSource {
     }
 
     /// Reads the directory again and returns what changed since the last scan.
-    pub fn rescan(&mut self) -> Result<Vec<Change>, SourceError> {
+    pub fn rescan(&mut self) -> Result<Scan, SourceError> {
         let listing = self.list()?;
+        let now = SystemTime::now();
+        let mut scan = Scan::default();
         let mut affected = BTreeSet::new();
         let gone: Vec<PathBuf> = self
             .files
@@ -90,6 +113,10 @@ impl FileSource {
         }
         for (path, stamp) in listing {
             if self.files.get(&path).is_some_and(|e| e.stamp == stamp) {
+                continue;
+            }
+            if stamp.is_fresh(now) {
+                scan.unsettled = true;
                 continue;
             }
             let objects = match self.read(&path) {
@@ -109,7 +136,21 @@ impl FileSource {
             affected.extend(objects.keys().cloned());
             self.files.insert(path, FileEntry { stamp, objects });
         }
-        Ok(self.changes(affected))
+        scan.changes = self.changes(affected);
+        Ok(scan)
+    }
+
+    /// Scans until no file is being written.
+    pub fn settled_scan(&mut self) -> Result<Vec<Change>, SourceError> {
+        let mut changes = Vec::new();
+        loop {
+            let scan = self.rescan()?;
+            changes.extend(scan.changes);
+            if !scan.unsettled {
+                return Ok(changes);
+            }
+            std::thread::sleep(SETTLE);
+        }
     }
 
     /// Manifest files directly in the directory, with their stamps.
@@ -182,18 +223,15 @@ impl FileSource {
     fn changes(&mut self, affected: BTreeSet<ObjectId>) -> Vec<Change> {
         let mut changes = Vec::new();
         for id in affected {
-            let mut definers = self
+            let mut valid = self
                 .files
                 .iter()
-                .filter(|(_, e)| e.objects.contains_key(&id));
-            let winner = definers.next();
-            if let Some((first, _)) = winner
-                && let Some((second, _)) = definers.next()
-            {
-                warn!(object = %id, used = %first.display(), ignored = %second.display(), "object defined in several files");
+                .filter_map(|(path, e)| e.objects.get(&id).cloned().flatten().map(|o| (path, o)));
+            let winner = valid.next();
+            if let (Some((used, _)), Some((ignored, _))) = (&winner, valid.next()) {
+                warn!(object = %id, used = %used.display(), ignored = %ignored.display(), "object defined in several files");
             }
-            let now = winner.and_then(|(_, e)| e.objects.get(&id).cloned().flatten());
-            match now {
+            match winner.map(|(_, o)| o) {
                 Some(object) => {
                     if self.sent.get(&id) != Some(&object) {
                         self.sent.insert(id, object.clone());
@@ -210,23 +248,42 @@ impl FileSource {
         changes
     }
 
-    /// Scans once, reports [`Event::Synced`], then follows the directory until the receiver goes
-    /// away. Runs on its own thread.
+    /// Follows the directory, sending changes, until the receiver goes away. Runs on its own
+    /// thread; the initial view ends with [`Event::Synced`].
     pub fn run(mut self, events: mpsc::Sender<Event>) -> Result<(), SourceError> {
-        let initial = self.rescan()?;
+        // Watch before the first scan, so no change falls in between.
+        let (notify_tx, notify_rx) = mpsc::channel();
+        let mut watched = dir_identity(&self.dir);
+        let mut watcher = self.watch(notify_tx.clone())?;
+        let initial = self.settled_scan()?;
         info!(dir = %self.dir.display(), objects = self.sent.len(), "read manifests");
         if events.send(Event::Changes(initial)).is_err() || events.send(Event::Synced).is_err() {
             return Ok(());
         }
-        let (notify_tx, notify_rx) = mpsc::channel();
-        let _watcher = self.watch(notify_tx)?;
-        while notify_rx.recv().is_ok() {
-            // Coalesce a burst of events (an editor's write-rename-chmod) into one scan.
-            while notify_rx.recv_timeout(DEBOUNCE).is_ok() {}
+        let mut wait = RESCAN;
+        loop {
+            match notify_rx.recv_timeout(wait) {
+                // Coalesce a burst of events (an editor's write-rename-chmod) into one scan.
+                Ok(()) => while notify_rx.recv_timeout(DEBOUNCE).is_ok() {},
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            // A replaced directory (a new inode) needs a new watch.
+            let now = dir_identity(&self.dir);
+            if now != watched && now.is_some() {
+                watched = now;
+                match self.watch(notify_tx.clone()) {
+                    Ok(w) => watcher = w,
+                    Err(e) => warn!("{e}; relying on rescans"),
+                }
+            }
             match self.rescan() {
-                Ok(changes) if changes.is_empty() => {}
-                Ok(changes) => {
-                    if events.send(Event::Changes(changes)).is_err() {
+                Ok(scan) => {
+                    wait = if scan.unsettled { SETTLE } else { RESCAN };
+                    if !scan.changes.is_empty()
+                        && events.send(Event::Changes(scan.changes)).is_err()
+                    {
+                        drop(watcher);
                         return Ok(());
                     }
                 }
@@ -234,7 +291,6 @@ impl FileSource {
                 Err(e) => warn!("{e}; keeping the objects read before"),
             }
         }
-        Ok(())
     }
 
     /// inotify on the directory, or polling where inotify is unavailable.
@@ -253,12 +309,18 @@ impl FileSource {
             },
             Err(e) => warn!(error = %e, "inotify unavailable; polling the manifest directory"),
         }
-        let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
+        let config = notify::Config::default().with_poll_interval(RESCAN);
         let mut w = notify::PollWatcher::new(handler, config).map_err(watch_err)?;
         w.watch(&self.dir, RecursiveMode::NonRecursive)
             .map_err(watch_err)?;
         Ok(Box::new(w))
     }
+}
+
+/// The directory's device and inode, to notice it being replaced.
+fn dir_identity(dir: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn format_of(path: &Path) -> Option<Format> {
@@ -323,19 +385,22 @@ mod tests {
         dir.write(".hidden.yaml", &svc("h", "10.96.0.9"));
         let metrics = Metrics::new().unwrap();
         let mut src = FileSource::new(&dir.0, metrics);
-        assert_eq!(summary(&src.rescan().unwrap()), ["+default/a 10.96.0.1"]);
-        assert!(src.rescan().unwrap().is_empty(), "nothing changed");
+        assert_eq!(
+            summary(&src.settled_scan().unwrap()),
+            ["+default/a 10.96.0.1"]
+        );
+        assert!(src.settled_scan().unwrap().is_empty(), "nothing changed");
         dir.write(
             "a.yaml",
             &format!("{}---\n{}", svc("a", "10.96.0.2"), svc("b", "10.96.0.3")),
         );
         assert_eq!(
-            summary(&src.rescan().unwrap()),
+            summary(&src.settled_scan().unwrap()),
             ["+default/a 10.96.0.2", "+default/b 10.96.0.3"]
         );
         std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
         assert_eq!(
-            summary(&src.rescan().unwrap()),
+            summary(&src.settled_scan().unwrap()),
             ["-Service default/a", "-Service default/b"]
         );
     }
@@ -349,9 +414,9 @@ mod tests {
         );
         let metrics = Metrics::new().unwrap();
         let mut src = FileSource::new(&dir.0, metrics.clone());
-        assert_eq!(src.rescan().unwrap().len(), 2);
+        assert_eq!(src.settled_scan().unwrap().len(), 2);
         dir.write("a.yaml", "apiVersion: v1\nkind: [unterminated\n");
-        assert!(src.rescan().unwrap().is_empty());
+        assert!(src.settled_scan().unwrap().is_empty());
         assert_eq!(
             metrics
                 .invalid_input
@@ -363,7 +428,10 @@ mod tests {
             "a.yaml",
             &format!("{}---\n{}", svc("a", "10.96.0.1"), svc("b", "10.96.0.299")),
         );
-        assert_eq!(summary(&src.rescan().unwrap()), ["-Service default/b"]);
+        assert_eq!(
+            summary(&src.settled_scan().unwrap()),
+            ["-Service default/b"]
+        );
         assert_eq!(
             metrics
                 .invalid_input
@@ -374,13 +442,48 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_read_only_once_it_stops_changing() {
+        let dir = TempDir::new("fresh");
+        dir.write("a.yaml", &svc("a", "10.96.0.1"));
+        let mut src = FileSource::new(&dir.0, Metrics::new().unwrap());
+        let scan = src.rescan().unwrap();
+        assert!(
+            scan.unsettled && scan.changes.is_empty(),
+            "just written: not read yet"
+        );
+        std::thread::sleep(SETTLE);
+        assert_eq!(
+            summary(&src.rescan().unwrap().changes),
+            ["+default/a 10.96.0.1"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_definition_does_not_hide_a_valid_one_in_a_later_file() {
+        let dir = TempDir::new("hide");
+        dir.write("a.yaml", &svc("x", "10.96.0.999"));
+        dir.write("b.yaml", &svc("x", "10.96.0.2"));
+        let mut src = FileSource::new(&dir.0, Metrics::new().unwrap());
+        assert_eq!(
+            summary(&src.settled_scan().unwrap()),
+            ["+default/x 10.96.0.2"]
+        );
+    }
+
+    #[test]
     fn the_first_file_wins_for_an_object_defined_twice() {
         let dir = TempDir::new("dup");
         dir.write("b.yaml", &svc("x", "10.96.0.2"));
         dir.write("a.yaml", &svc("x", "10.96.0.1"));
         let mut src = FileSource::new(&dir.0, Metrics::new().unwrap());
-        assert_eq!(summary(&src.rescan().unwrap()), ["+default/x 10.96.0.1"]);
+        assert_eq!(
+            summary(&src.settled_scan().unwrap()),
+            ["+default/x 10.96.0.1"]
+        );
         std::fs::remove_file(dir.0.join("a.yaml")).unwrap();
-        assert_eq!(summary(&src.rescan().unwrap()), ["+default/x 10.96.0.2"]);
+        assert_eq!(
+            summary(&src.settled_scan().unwrap()),
+            ["+default/x 10.96.0.2"]
+        );
     }
 }
