@@ -88,8 +88,19 @@ fn file_changes_reach_the_kernel() {
 
 /// Rule handles per chain: they change whenever a chain is rewritten.
 fn handles(c: &Cluster) -> String {
-    c.nft(&["-a", "list", "table", "ip", "kube-nft-proxy"])
-        .expect("list")
+    let list = |family| c.nft(&["-a", "list", "table", family, "kube-nft-proxy"]).expect("list");
+    list("ip") + &list("ip6")
+}
+
+/// Copies the bundled examples (every kind of Service, affinity, LB, dual-stack) into `c`'s
+/// manifest directory.
+fn copy_examples(c: &Cluster) {
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+    for entry in std::fs::read_dir(examples).expect("examples") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        c.write_raw(&name, &std::fs::read_to_string(&path).expect("read"));
+    }
 }
 
 #[test]
@@ -111,7 +122,9 @@ fn connections_keep_succeeding_across_a_proxy_restart_and_nothing_is_rewritten()
             ),
         ],
     );
+    copy_examples(&c);
     c.start_proxy(&[]);
+    c.settle();
     let to = addr("10.96.0.40", 80);
     c.wait_answered(From::External, "tcp", &to, Duration::from_secs(5));
     let before = handles(&c);
@@ -273,16 +286,7 @@ fn cleanup_leaves_no_table_behind() {
 fn nft_list_shows_exactly_the_templated_rules() {
     require_root();
     let mut c = Cluster::new(0);
-    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-    for entry in std::fs::read_dir(examples).expect("examples") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("name")
-            .to_string();
-        c.write_raw(&name, &std::fs::read_to_string(&path).expect("read"));
-    }
+    copy_examples(&c);
     c.start_proxy(&[]);
     let dir = c.dir.display().to_string();
     let script = run(&[

@@ -357,3 +357,44 @@ fn terminating_endpoints_traffic_policy_cluster() {
         ],
     );
 }
+
+#[test]
+fn topology_hints_follow_the_nodes_zone() {
+    use kube_nft_proxy::fixtures::SliceBuilder;
+    let mut c = cluster(3);
+    c.start_proxy(&[]);
+    let svc = crate::objects::service("near", &["10.96.2.1"], &HTTP);
+    let hinted = |zones: [Option<&str>; 3], nodes: Option<[&str; 3]>| {
+        let mut b = SliceBuilder::new("e2e", "near-1", "near", "IPv4").port("http", 80, "TCP");
+        for (i, pod) in c.pods[..3].iter().enumerate() {
+            b = b.endpoint(&pod.ip4, REMOTE);
+            if let Some(zone) = zones[i] {
+                b = b.with(&format!("/endpoints/{i}/hints/forZones"), serde_json::json!([{"name": zone}]));
+            }
+            if let Some(nodes) = nodes {
+                b = b.with(&format!("/endpoints/{i}/hints/forNodes"), serde_json::json!([{"name": nodes[i]}]));
+            }
+        }
+        b.json().clone()
+    };
+    let to = addr("10.96.2.1", 80);
+    let pod = From::Pod(4);
+    let cases = [
+        ("zone-a", hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None), reach(&["pod1", "pod3"], Masq::No)),
+        // The node moves to zone-b: everything is planned again.
+        ("zone-b", hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None), reach(&["pod2"], Masq::No)),
+        // All or nothing: one endpoint without a hint and topology is ignored.
+        ("zone-b", hinted([Some("zone-a"), Some("zone-b"), None], None), reach(&["pod1", "pod2", "pod3"], Masq::No)),
+        // Node hints win over zone hints.
+        (
+            "zone-b",
+            hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], Some(["node2", "node3", NODE_NAME])),
+            reach(&["pod3"], Masq::No),
+        ),
+    ];
+    for (zone, slice, expect) in cases {
+        c.write("svc.yaml", &[&c.node_object(zone), &svc, &slice]);
+        c.settle();
+        check(&c, &[Row::new(format!("node in {zone}"), pod, to.clone(), expect)]);
+    }
+}

@@ -395,6 +395,13 @@ fn node_ports(ipv6: bool, nodeport_addresses: Option<&str>) {
                 addr(alt, 30001),
                 alt_expect,
             ),
+            // NodePorts never answer on loopback (route_localnet stays off).
+            Row::new(
+                "node to NodePort on loopback",
+                From::Node,
+                addr(if ipv6 { "::1" } else { "127.0.0.1" }, 30001),
+                Expect::Unhandled,
+            ),
         ],
     );
 }
@@ -409,6 +416,16 @@ fn node_ports_ipv4_primary() {
 #[test]
 fn node_ports_ipv4_cidrs() {
     node_ports(false, Some(NODEPORT_CIDRS));
+}
+
+#[test]
+fn node_ports_ipv4_everywhere() {
+    node_ports(false, Some("0.0.0.0/0"));
+}
+
+#[test]
+fn node_ports_ipv6_everywhere() {
+    node_ports(true, Some("::/0"));
 }
 
 #[test]
