@@ -272,6 +272,16 @@ impl Cluster {
         cluster
     }
 
+    /// `backends` pods (pod1…) serving on port 80 and one client pod after them.
+    pub fn with_backends(backends: usize) -> Cluster {
+        require_root();
+        let mut c = Cluster::new(backends + 1);
+        for pod in 1..=backends {
+            c.serve(pod, 80);
+        }
+        c
+    }
+
     fn add_pod(&mut self, i: usize) {
         let ns = Netns::new(format!("{}-pod{i}", self.prefix));
         let link = format!("pod{i}");

@@ -88,7 +88,10 @@ fn file_changes_reach_the_kernel() {
 
 /// Rule handles per chain: they change whenever a chain is rewritten.
 fn handles(c: &Cluster) -> String {
-    let list = |family| c.nft(&["-a", "list", "table", family, "kube-nft-proxy"]).expect("list");
+    let list = |family| {
+        c.nft(&["-a", "list", "table", family, "kube-nft-proxy"])
+            .expect("list")
+    };
     list("ip") + &list("ip6")
 }
 
@@ -98,7 +101,11 @@ fn copy_examples(c: &Cluster) {
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
     for entry in std::fs::read_dir(examples).expect("examples") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).expect("name").to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("name")
+            .to_string();
         c.write_raw(&name, &std::fs::read_to_string(&path).expect("read"));
     }
 }

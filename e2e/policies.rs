@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, From, NODE_IP4, NODE_NAME, addr, require_root, wait_for};
+use crate::harness::{Cluster, From, NODE_IP4, NODE_NAME, addr, wait_for};
 use crate::objects::{Ep, Exposed, slice_with};
 use crate::rows::{Expect, Masq, Row, check, reach};
 
@@ -13,16 +13,6 @@ const REMOTE: &str = "node2";
 const HTTP: [(&str, i32, &str); 1] = [("http", 80, "TCP")];
 const LB: &str = "198.51.100.7";
 const EXT_IP: &str = "192.168.60.11";
-
-/// A cluster with `backends` echo pods on port 80 (pod1…) and one client pod after them.
-fn cluster(backends: usize) -> Cluster {
-    require_root();
-    let mut c = Cluster::new(backends + 1);
-    for pod in 1..=backends {
-        c.serve(pod, 80);
-    }
-    c
-}
 
 /// Endpoints as (pod index, node name, kind): `R` ready, `S` serving and terminating, `T`
 /// terminating and not serving.
@@ -77,7 +67,7 @@ fn traffic_policy_service(external_local: bool) -> Exposed<'static> {
 
 #[test]
 fn external_traffic_policy_local() {
-    let mut c = cluster(2);
+    let mut c = Cluster::with_backends(2);
     c.start_proxy(&[]);
     let svc = traffic_policy_service(true);
     program(&c, &svc, &[(1, REMOTE, 'R'), (2, NODE_NAME, 'R')]);
@@ -146,7 +136,7 @@ fn external_traffic_policy_local() {
 
 #[test]
 fn external_traffic_policy_cluster() {
-    let mut c = cluster(2);
+    let mut c = Cluster::with_backends(2);
     c.start_proxy(&[]);
     program(
         &c,
@@ -201,7 +191,7 @@ fn external_traffic_policy_cluster() {
 
 #[test]
 fn internal_traffic_policy() {
-    let mut c = cluster(3);
+    let mut c = Cluster::with_backends(3);
     c.start_proxy(&[]);
     let to = addr("10.96.1.1", 80);
     let pod = From::Pod(4);
@@ -246,7 +236,7 @@ fn internal_traffic_policy() {
 
 /// TestTerminatingEndpointsTrafficPolicyLocal/Cluster: pods 1-5 are endpoints, pod 6 the client.
 fn terminating_endpoints(external_local: bool, cases: &[TerminatingCase]) {
-    let mut c = cluster(5);
+    let mut c = Cluster::with_backends(5);
     c.start_proxy(&[]);
     let svc = Exposed {
         cluster_ips: &["10.96.1.1"],
@@ -361,7 +351,7 @@ fn terminating_endpoints_traffic_policy_cluster() {
 #[test]
 fn topology_hints_follow_the_nodes_zone() {
     use kube_nft_proxy::fixtures::SliceBuilder;
-    let mut c = cluster(3);
+    let mut c = Cluster::with_backends(3);
     c.start_proxy(&[]);
     let svc = crate::objects::service("near", &["10.96.2.1"], &HTTP);
     let hinted = |zones: [Option<&str>; 3], nodes: Option<[&str; 3]>| {
@@ -369,10 +359,16 @@ fn topology_hints_follow_the_nodes_zone() {
         for (i, pod) in c.pods[..3].iter().enumerate() {
             b = b.endpoint(&pod.ip4, REMOTE);
             if let Some(zone) = zones[i] {
-                b = b.with(&format!("/endpoints/{i}/hints/forZones"), serde_json::json!([{"name": zone}]));
+                b = b.with(
+                    &format!("/endpoints/{i}/hints/forZones"),
+                    serde_json::json!([{"name": zone}]),
+                );
             }
             if let Some(nodes) = nodes {
-                b = b.with(&format!("/endpoints/{i}/hints/forNodes"), serde_json::json!([{"name": nodes[i]}]));
+                b = b.with(
+                    &format!("/endpoints/{i}/hints/forNodes"),
+                    serde_json::json!([{"name": nodes[i]}]),
+                );
             }
         }
         b.json().clone()
@@ -380,21 +376,39 @@ fn topology_hints_follow_the_nodes_zone() {
     let to = addr("10.96.2.1", 80);
     let pod = From::Pod(4);
     let cases = [
-        ("zone-a", hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None), reach(&["pod1", "pod3"], Masq::No)),
+        (
+            "zone-a",
+            hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None),
+            reach(&["pod1", "pod3"], Masq::No),
+        ),
         // The node moves to zone-b: everything is planned again.
-        ("zone-b", hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None), reach(&["pod2"], Masq::No)),
+        (
+            "zone-b",
+            hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], None),
+            reach(&["pod2"], Masq::No),
+        ),
         // All or nothing: one endpoint without a hint and topology is ignored.
-        ("zone-b", hinted([Some("zone-a"), Some("zone-b"), None], None), reach(&["pod1", "pod2", "pod3"], Masq::No)),
+        (
+            "zone-b",
+            hinted([Some("zone-a"), Some("zone-b"), None], None),
+            reach(&["pod1", "pod2", "pod3"], Masq::No),
+        ),
         // Node hints win over zone hints.
         (
             "zone-b",
-            hinted([Some("zone-a"), Some("zone-b"), Some("zone-a")], Some(["node2", "node3", NODE_NAME])),
+            hinted(
+                [Some("zone-a"), Some("zone-b"), Some("zone-a")],
+                Some(["node2", "node3", NODE_NAME]),
+            ),
             reach(&["pod3"], Masq::No),
         ),
     ];
     for (zone, slice, expect) in cases {
         c.write("svc.yaml", &[&c.node_object(zone), &svc, &slice]);
         c.settle();
-        check(&c, &[Row::new(format!("node in {zone}"), pod, to.clone(), expect)]);
+        check(
+            &c,
+            &[Row::new(format!("node in {zone}"), pod, to.clone(), expect)],
+        );
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::harness::{
     ALT_NODE_IP4, ALT_NODE_IP6, BLOCKED_IP4, BLOCKED_IP6, Cluster, EXT_IP4, EXT_IP6, From,
-    NODE_IP4, NODE_IP6, NODE_NAME, addr, require_root,
+    NODE_IP4, NODE_IP6, NODE_NAME, addr,
 };
 use crate::objects::{Ep, Exposed, service, slice_with};
 use crate::rows::{Expect, Masq, Row, check, reach};
@@ -12,19 +12,9 @@ use crate::rows::{Expect, Masq, Row, check, reach};
 const REMOTE: &str = "node2";
 const HTTP: [(&str, i32, &str); 1] = [("http", 80, "TCP")];
 
-/// A cluster with `backends` echo pods on port 80 (pod1…) and one client pod after them.
-fn cluster(backends: usize) -> Cluster {
-    require_root();
-    let mut c = Cluster::new(backends + 1);
-    for pod in 1..=backends {
-        c.serve(pod, 80);
-    }
-    c
-}
-
 #[test]
 fn no_endpoints_reject() {
-    let mut c = cluster(0);
+    let mut c = Cluster::with_backends(0);
     let svc = Exposed {
         cluster_ips: &["10.96.0.41"],
         external_ips: &["192.168.60.11"],
@@ -75,7 +65,7 @@ fn no_endpoints_reject() {
 
 #[test]
 fn cluster_ip_general() {
-    let mut c = cluster(2);
+    let mut c = Cluster::with_backends(2);
     for pod in 1..=2 {
         c.serve(pod, 8443);
         c.serve(pod, 53);
@@ -210,7 +200,7 @@ const LB6: LbFamily = LbFamily {
 };
 
 fn load_balancer(f: &LbFamily) {
-    let mut c = cluster(1);
+    let mut c = Cluster::with_backends(1);
     // The first LB IP is also routed to this node locally, as some load balancers do.
     c.node.ip(&["addr", "add", f.lbs[0], "dev", "lo"]);
     let ip = |p: &crate::harness::Pod| {
@@ -321,7 +311,7 @@ fn load_balancer_ipv6() {
 
 /// TestNodePorts: `nodeport_addresses` empty means the default (`primary`).
 fn node_ports(ipv6: bool, nodeport_addresses: Option<&str>) {
-    let mut c = cluster(2);
+    let mut c = Cluster::with_backends(2);
     let (v4, v6): (Vec<String>, Vec<String>) = (
         c.pods[..2].iter().map(|p| p.ip4.clone()).collect(),
         c.pods[..2].iter().map(|p| p.ip6.clone()).collect(),

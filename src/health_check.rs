@@ -10,13 +10,13 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use axum::Router;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::http::Health;
+use crate::http::{Health, json_headers};
 use crate::model::Family;
 use crate::plan::NodePortIps;
 
@@ -71,15 +71,7 @@ fn respond(
     let (namespace, name, count) = service.map_or(("", "", 0), |s| {
         (s.namespace.as_str(), s.name.as_str(), s.local_endpoints)
     });
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
-    );
+    let mut headers = json_headers();
     headers.insert("x-load-balancing-endpoint-weight", HeaderValue::from(count));
     let body = format!(
         "{{\"service\":{{\"namespace\":\"{namespace}\",\"name\":\"{name}\"}},\"localEndpoints\":{count},\"serviceProxyHealthy\":{proxy_healthy}}}"

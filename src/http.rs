@@ -52,7 +52,8 @@ impl Health {
     }
 }
 
-fn json_headers() -> HeaderMap {
+/// `Content-Type: application/json` and `X-Content-Type-Options: nosniff`, as kube-proxy sends.
+pub fn json_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
