@@ -411,8 +411,45 @@ impl Cluster {
         self.restart_proxy();
     }
 
+    /// Starts the proxy (API source flags in `extra`) without waiting for its tables.
+    pub fn start_proxy_no_wait(&mut self, extra: &[&str]) {
+        let mut args: Vec<String> = [
+            "run",
+            "--hostname-override",
+            NODE_NAME,
+            "--min-sync-period",
+            "100ms",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(["--cluster-cidr".to_string(), CLUSTER_CIDRS.to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.proxy_args = args;
+        self.spawn_proxy();
+    }
+
+    /// Starts the proxy on the Kubernetes API at `master` and waits for its tables.
+    pub fn start_proxy_api(&mut self, master: &str) {
+        self.start_proxy_no_wait(&["--master", master]);
+        self.wait_tables();
+    }
+
     /// Starts the proxy again with the same arguments.
     pub fn restart_proxy(&mut self) {
+        self.spawn_proxy();
+        self.wait_tables();
+    }
+
+    fn wait_tables(&self) {
+        wait_for("the proxy's tables", Duration::from_secs(10), || {
+            self.node
+                .exec(&["nft", "list", "table", "ip6", "kube-nft-proxy"])
+                .is_ok()
+        });
+    }
+
+    fn spawn_proxy(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -421,11 +458,6 @@ impl Cluster {
         let mut cmd = vec![PROXY];
         cmd.extend(self.proxy_args.iter().map(String::as_str));
         self.proxy = Some(self.node.spawn(&cmd, Stdio::from(log)));
-        wait_for("the proxy's tables", Duration::from_secs(10), || {
-            self.node
-                .exec(&["nft", "list", "table", "ip6", "kube-nft-proxy"])
-                .is_ok()
-        });
     }
 
     /// Sends SIGTERM to the proxy and waits for it to exit; returns whether it exited cleanly.

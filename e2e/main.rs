@@ -1,6 +1,8 @@
 //! End-to-end tests: the real binary programs the real kernel inside network namespaces the
 //! tests create, and real TCP/UDP packets check the result. Needs root.
 
+mod api;
+mod apiserver;
 mod clusterip;
 mod flows;
 mod harness;

@@ -19,8 +19,8 @@ use kube_nft_proxy::metrics::Metrics;
 use kube_nft_proxy::plan::NodeSettings;
 use kube_nft_proxy::reconciler::{Reconciler, Timing};
 use kube_nft_proxy::source::Event;
-use kube_nft_proxy::source::addresses;
 use kube_nft_proxy::source::files::FileSource;
+use kube_nft_proxy::source::{addresses, api};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -48,23 +48,19 @@ fn node_settings(settings: &Settings) -> NodeSettings {
     }
 }
 
-fn manifest_dir(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
-    match &settings.source {
-        SourceKind::Dir(dir) => {
-            std::fs::read_dir(dir)
-                .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
-            Ok(dir.clone())
-        }
-        SourceKind::Kubernetes { .. } => {
-            bail!("the Kubernetes API source is not available yet; use --from-dir DIR")
-        }
-    }
+fn manifest_dir(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read manifest directory {}", dir.display()))?;
+    Ok(dir.to_path_buf())
 }
 
 /// `render`: the whole ruleset as an nft script, from the manifests, without touching the kernel.
 fn render(args: &ProxyArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    let dir = manifest_dir(&settings)?;
+    let SourceKind::Dir(dir) = &settings.source else {
+        bail!("render reads manifests: use --from-dir DIR");
+    };
+    let dir = manifest_dir(dir)?;
     let metrics = Metrics::new()?;
     let changes = FileSource::new(dir, metrics.clone()).settled_scan()?;
     let mut reconciler = Reconciler::new(
@@ -89,7 +85,17 @@ fn cleanup() -> anyhow::Result<()> {
 /// `run`: program the kernel and keep it in sync until SIGTERM/SIGINT.
 fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(args)?;
-    let dir = manifest_dir(&settings)?;
+    if let SourceKind::Dir(dir) = &settings.source {
+        manifest_dir(dir)?;
+    }
+    if !settings.without_effect.is_empty() {
+        info!(sections = ?settings.without_effect, "configuration sections of other proxy modes have no effect");
+    }
+    if let Some(adj) = settings.oom_score_adj
+        && let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+    {
+        warn!(error = %e, "cannot set oomScoreAdj");
+    }
     let metrics = Metrics::new()?;
     let backend = NftBackend::default();
     let reconciler = Reconciler::new(
@@ -116,7 +122,11 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             reconciler
         }
     };
-    info!(node = %settings.node_name, dir = %dir.display(), "starting kube-nft-proxy");
+    info!(node = %settings.node_name, source = ?settings.source, "starting kube-nft-proxy");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
 
     let (events, inbox) = mpsc::channel();
     let worker = thread::Builder::new()
@@ -129,19 +139,28 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         }
     })?;
     let source_events = events.clone();
-    let source = FileSource::new(dir, metrics.clone());
-    thread::Builder::new()
-        .name("file-source".into())
-        .spawn(move || {
-            if let Err(e) = source.run(source_events) {
-                error!(error = %e, "manifest source stopped; rules stay as they are");
-            }
-        })?;
+    match &settings.source {
+        SourceKind::Dir(dir) => {
+            let source = FileSource::new(dir, metrics.clone());
+            thread::Builder::new()
+                .name("file-source".into())
+                .spawn(move || {
+                    if let Err(e) = source.run(source_events) {
+                        error!(error = %e, "manifest source stopped; rules stay as they are");
+                    }
+                })?;
+        }
+        SourceKind::Kubernetes { kubeconfig, master } => {
+            let client = runtime.block_on(api::client(kubeconfig.as_deref(), master.as_deref()))?;
+            runtime.spawn(api::run(
+                client,
+                settings.node_name.clone(),
+                metrics.clone(),
+                source_events,
+            ));
+        }
+    }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     runtime.block_on(async {
         if let Some(addr) = settings.metrics_bind_address {
             let metrics = metrics.clone();

@@ -3,6 +3,7 @@
 //! found (file, document) and never reaches the state.
 
 pub mod addresses;
+pub mod api;
 pub mod files;
 pub mod manifest;
 
@@ -30,6 +31,8 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: String,

@@ -1,13 +1,15 @@
 //! Command line and configuration file. Flag names follow kube-proxy's so operators can reuse
-//! them; `--config` reads a KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1) and flags
-//! override it. Anything the proxy would not honour is an error at start-up, never ignored.
+//! them; `--config` reads a KubeProxyConfiguration (kubeproxy.config.k8s.io/v1alpha1, see
+//! [`file`]) and flags override it. Anything the proxy would not honour is an error at start-up,
+//! never ignored.
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde::Deserialize;
 
 use crate::model::Cidr;
 pub use crate::plan::NodePortAddresses;
@@ -37,9 +39,12 @@ pub struct ProxyArgs {
     /// instead of the Kubernetes API.
     #[arg(long, value_name = "DIR")]
     pub from_dir: Option<PathBuf>,
-    /// Kubeconfig for the Kubernetes API source.
+    /// Kubeconfig for the Kubernetes API source (default: the in-cluster configuration).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's address, overriding the kubeconfig's.
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
     /// KubeProxyConfiguration file; flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -95,7 +100,10 @@ fn invalid(flag: &'static str, message: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     Dir(PathBuf),
-    Kubernetes { kubeconfig: Option<PathBuf> },
+    Kubernetes {
+        kubeconfig: Option<PathBuf>,
+        master: Option<String>,
+    },
 }
 
 /// Every setting, resolved: flag, else config file, else default.
@@ -112,31 +120,10 @@ pub struct Settings {
     pub healthz_bind_address: Option<SocketAddr>,
     pub min_sync_period: Duration,
     pub sync_period: Duration,
-}
-
-/// The subset of KubeProxyConfiguration this proxy honours.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ConfigFile {
-    api_version: String,
-    kind: String,
-    mode: Option<String>,
-    #[serde(rename = "clusterCIDR")]
-    cluster_cidr: Option<String>,
-    hostname_override: Option<String>,
-    node_port_addresses: Option<Vec<String>>,
-    metrics_bind_address: Option<String>,
-    healthz_bind_address: Option<String>,
-    nftables: Option<NftablesConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NftablesConfig {
-    masquerade_all: Option<bool>,
-    masquerade_bit: Option<i64>,
-    min_sync_period: Option<String>,
-    sync_period: Option<String>,
+    /// The process's OOM score adjustment (kube-proxy's oomScoreAdj).
+    pub oom_score_adj: Option<i64>,
+    /// Configuration sections accepted without effect (logged at start-up).
+    pub without_effect: Vec<String>,
 }
 
 impl Settings {
@@ -144,20 +131,21 @@ impl Settings {
     pub fn resolve(args: &ProxyArgs) -> Result<Settings, ConfigError> {
         let file = match &args.config {
             Some(path) => read_config_file(path)?,
-            None => ConfigFile::default(),
+            None => file::FileSettings::default(),
         };
-        let nft = file.nftables.unwrap_or_default();
-
-        let source = match (&args.from_dir, &args.kubeconfig) {
-            (Some(_), Some(_)) => {
+        let source = match (&args.from_dir, &args.kubeconfig, &args.master) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
                 return Err(invalid(
                     "--from-dir",
-                    "cannot be combined with --kubeconfig",
+                    "cannot be combined with --kubeconfig or --master",
                 ));
             }
-            (Some(dir), None) => SourceKind::Dir(dir.clone()),
-            (None, kubeconfig) => SourceKind::Kubernetes {
-                kubeconfig: kubeconfig.clone(),
+            (Some(dir), None, None) => SourceKind::Dir(dir.clone()),
+            (None, kubeconfig, master) => SourceKind::Kubernetes {
+                kubeconfig: kubeconfig
+                    .clone()
+                    .or_else(|| file.kubeconfig.clone().map(PathBuf::from)),
+                master: master.clone(),
             },
         };
         let node_name = match args.hostname_override.clone().or(file.hostname_override) {
@@ -179,7 +167,7 @@ impl Settings {
             (None, Some(list)) => parse_nodeport_addresses(&list)?,
             (None, None) => NodePortAddresses::Primary,
         };
-        let masquerade_bit = match nft.masquerade_bit {
+        let masquerade_bit = match file.masquerade_bit {
             None => 14,
             Some(b) => u8::try_from(b)
                 .ok()
@@ -194,32 +182,23 @@ impl Settings {
             "--min-sync-period",
             args.min_sync_period
                 .as_deref()
-                .or(nft.min_sync_period.as_deref()),
+                .or(file.min_sync_period.as_deref()),
             Duration::from_secs(1),
         )?;
         let sync_period = duration(
             "--sync-period",
-            args.sync_period.as_deref().or(nft.sync_period.as_deref()),
+            args.sync_period.as_deref().or(file.sync_period.as_deref()),
             Duration::from_secs(30),
         )?;
         if sync_period.is_zero() {
             return Err(invalid("--sync-period", "must be greater than 0"));
-        }
-        if let Some(mode) = file.mode.as_deref()
-            && !mode.is_empty()
-            && mode != "nftables"
-        {
-            return Err(invalid(
-                "mode",
-                format!("{mode:?} is not supported; kube-nft-proxy is an nftables proxy"),
-            ));
         }
         Ok(Settings {
             source,
             node_name,
             cluster_cidrs,
             nodeport_addresses,
-            masquerade_all: args.masquerade_all.or(nft.masquerade_all).unwrap_or(false),
+            masquerade_all: args.masquerade_all.or(file.masquerade_all).unwrap_or(false),
             masquerade_bit,
             metrics_bind_address: parse_bind(
                 "--metrics-bind-address",
@@ -237,6 +216,8 @@ impl Settings {
             )?,
             min_sync_period,
             sync_period,
+            oom_score_adj: file.oom_score_adj,
+            without_effect: file.without_effect,
         })
     }
 
@@ -245,27 +226,16 @@ impl Settings {
     }
 }
 
-fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+fn read_config_file(path: &Path) -> Result<file::FileSettings, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),
         source,
     })?;
-    let file: ConfigFile = serde_saphyr::from_str(&text).map_err(|e| ConfigError::File {
-        path: shown.clone(),
-        message: e.to_string(),
-    })?;
-    if file.api_version != "kubeproxy.config.k8s.io/v1alpha1"
-        || file.kind != "KubeProxyConfiguration"
-    {
-        return Err(ConfigError::File {
-            path: shown,
-            message:
-                "expected apiVersion kubeproxy.config.k8s.io/v1alpha1, kind KubeProxyConfiguration"
-                    .into(),
-        });
-    }
-    Ok(file)
+    file::parse(&text).map_err(|message| ConfigError::File {
+        path: shown,
+        message,
+    })
 }
 
 /// The host name, as kube-proxy uses it by default (lower-cased).
