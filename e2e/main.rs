@@ -7,6 +7,7 @@ mod clusterip;
 mod flows;
 mod harness;
 mod lifecycle;
+mod manifests;
 mod masquerade;
 mod objects;
 mod policies;
