@@ -24,8 +24,14 @@ fn documents() -> Vec<(String, Value)> {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("read");
-        let file = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_string();
-        for doc in serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{file}: {e}")) {
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_string();
+        for doc in
+            serde_saphyr::from_multiple::<Value>(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+        {
             docs.push((file.clone(), doc));
         }
     }
@@ -36,7 +42,10 @@ fn documents() -> Vec<(String, Value)> {
 fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(file: &str, doc: &Value) -> T {
     let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{file}: {e}"));
     let back = serde_json::to_value(&typed).expect("serialize");
-    assert_eq!(&back, doc, "{file}: fields unknown to the typed object (or a typo) were dropped");
+    assert_eq!(
+        &back, doc,
+        "{file}: fields unknown to the typed object (or a typo) were dropped"
+    );
     typed
 }
 
@@ -87,7 +96,10 @@ fn the_cluster_role_grants_only_reading_services_slices_and_nodes() {
     let account: ServiceAccount = find("ServiceAccount");
     let subject = &binding.subjects.unwrap_or_default()[0];
     assert_eq!(Some(&subject.name), account.metadata.name.as_ref());
-    assert_eq!(binding.role_ref.name, role.metadata.name.unwrap_or_default());
+    assert_eq!(
+        binding.role_ref.name,
+        role.metadata.name.unwrap_or_default()
+    );
 }
 
 #[test]
@@ -95,13 +107,31 @@ fn the_daemonset_runs_the_binary_with_its_flags_config_and_ports() {
     let ds: DaemonSet = find("DaemonSet");
     let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
     assert_eq!(pod.host_network, Some(true));
-    assert_eq!(pod.priority_class_name.as_deref(), Some("system-node-critical"));
-    assert!(pod.tolerations.unwrap_or_default().iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()));
+    assert_eq!(
+        pod.priority_class_name.as_deref(),
+        Some("system-node-critical")
+    );
+    assert!(
+        pod.tolerations
+            .unwrap_or_default()
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none())
+    );
     let container = &pod.containers[0];
-    let caps = container.security_context.as_ref().and_then(|s| s.capabilities.clone()).expect("capabilities");
+    let caps = container
+        .security_context
+        .as_ref()
+        .and_then(|s| s.capabilities.clone())
+        .expect("capabilities");
     assert_eq!(caps.add, Some(vec!["NET_ADMIN".to_string()]));
     assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
-    assert_ne!(container.security_context.as_ref().and_then(|s| s.privileged), Some(true));
+    assert_ne!(
+        container
+            .security_context
+            .as_ref()
+            .and_then(|s| s.privileged),
+        Some(true)
+    );
 
     // The arguments parse as this binary's command line.
     let mut argv = vec!["kube-nft-proxy".to_string()];
@@ -114,8 +144,14 @@ fn the_daemonset_runs_the_binary_with_its_flags_config_and_ports() {
     let data = config.data.expect("data");
     let mount = &container.volume_mounts.as_ref().expect("mounts")[0];
     let config_path = args.config.clone().expect("--config");
-    assert!(config_path.starts_with(&mount.mount_path), "--config is in the mounted ConfigMap");
-    let file_name = config_path.file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(
+        config_path.starts_with(&mount.mount_path),
+        "--config is in the mounted ConfigMap"
+    );
+    let file_name = config_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name");
     let tmp = std::env::temp_dir().join(format!("knp-manifest-{}.conf", std::process::id()));
     std::fs::write(&tmp, &data[file_name]).expect("write");
     args.config = Some(tmp.clone());
@@ -133,7 +169,11 @@ fn the_daemonset_runs_the_binary_with_its_flags_config_and_ports() {
         .collect();
     assert!(ports.contains(&("healthz".into(), i32::from(healthz))));
     assert!(ports.contains(&("metrics".into(), i32::from(metrics))));
-    let probe_port = |p: &Option<k8s_openapi::api::core::v1::Probe>| match p.as_ref().and_then(|p| p.http_get.clone()).map(|g| g.port) {
+    let probe_port = |p: &Option<k8s_openapi::api::core::v1::Probe>| match p
+        .as_ref()
+        .and_then(|p| p.http_get.clone())
+        .map(|g| g.port)
+    {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
         other => panic!("probe port {other:?}"),
     };
@@ -141,15 +181,25 @@ fn the_daemonset_runs_the_binary_with_its_flags_config_and_ports() {
     assert_eq!(probe_port(&container.readiness_probe), i32::from(healthz));
     let paths: Vec<String> = [&container.liveness_probe, &container.readiness_probe]
         .iter()
-        .filter_map(|p| p.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone()))
+        .filter_map(|p| {
+            p.as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|g| g.path.clone())
+        })
         .collect();
     assert_eq!(paths, ["/livez", "/healthz"]);
     // The kubeconfig the configuration names is in the same ConfigMap.
     let kubeconfig = match &settings.source {
-        kube_nft_proxy::config::SourceKind::Kubernetes { kubeconfig: Some(k), .. } => k.clone(),
+        kube_nft_proxy::config::SourceKind::Kubernetes {
+            kubeconfig: Some(k),
+            ..
+        } => k.clone(),
         other => panic!("the DaemonSet must use the API: {other:?}"),
     };
-    let kubeconfig_name = kubeconfig.file_name().and_then(|n| n.to_str()).expect("name");
+    let kubeconfig_name = kubeconfig
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("name");
     assert!(kubeconfig.starts_with(&mount.mount_path) && data.contains_key(kubeconfig_name));
     kube::config::Kubeconfig::from_yaml(&data[kubeconfig_name]).expect("a valid kubeconfig");
 }

@@ -40,24 +40,35 @@ impl NftBackend {
         args: &[&str],
         stdin: Option<&str>,
     ) -> Result<std::process::Output, BackendError> {
+        self.run_with(
+            args,
+            stdin.map(|text| {
+                move |pipe: &mut std::process::ChildStdin| pipe.write_all(text.as_bytes())
+            }),
+        )
+    }
+
+    /// Runs nft, feeding its standard input from `feed` if given.
+    fn run_with(
+        &self,
+        args: &[&str],
+        feed: Option<impl FnOnce(&mut std::process::ChildStdin) -> std::io::Result<()>>,
+    ) -> Result<std::process::Output, BackendError> {
+        let stdin = feed.is_some();
         let spawn_err = |source| BackendError::Spawn {
             program: self.program.clone(),
             source,
         };
         let mut child = Command::new(&self.program)
             .args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        if let (Some(feed), Some(mut pipe)) = (feed, child.stdin.take()) {
             // A write error means nft exited early; its status and stderr tell why.
-            let _ = pipe.write_all(text.as_bytes());
+            let _ = feed(&mut pipe);
         }
         child.wait_with_output().map_err(spawn_err)
     }
@@ -81,8 +92,10 @@ impl Backend for NftBackend {
         if tx.is_empty() {
             return Ok(());
         }
-        let text = script::script(tx);
-        let out = self.run(&["-f", "-"], Some(&text))?;
+        let out = self.run_with(
+            &["-f", "-"],
+            Some(|pipe: &mut std::process::ChildStdin| script::write(tx, pipe)),
+        )?;
         if out.status.success() {
             Ok(())
         } else {

@@ -22,6 +22,19 @@ pub fn script(tx: &Transaction) -> String {
     out
 }
 
+/// Streams `tx` as an nft script into `sink` (a large transaction is never held as one string).
+pub fn write(tx: &Transaction, sink: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut chunk = String::with_capacity(64 * 1024);
+    for op in &tx.ops {
+        write_op(op, &mut chunk);
+        if chunk.len() >= 60 * 1024 {
+            sink.write_all(chunk.as_bytes())?;
+            chunk.clear();
+        }
+    }
+    sink.write_all(chunk.as_bytes())
+}
+
 fn table(family: Family) -> String {
     format!("{} {TABLE_NAME}", family.nft_name())
 }
