@@ -1,6 +1,7 @@
 //! Backends apply a [`Transaction`] atomically and read the kernel's state of our tables back.
 //! The `nft` backend drives the nft binary; it is the reference every other backend must match.
 
+pub mod netlink;
 pub mod nft;
 pub mod nft_json;
 pub mod script;

@@ -224,6 +224,15 @@ enum Part {
     Slot(usize),
 }
 
+/// A template split into what a compiler reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    Word(&'a str),
+    /// A `@` directly before a hole: the hole names a set.
+    SetPrefix,
+    Hole(Slot, usize),
+}
+
 /// A parsed rule template: literal nft text with typed holes.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RuleShape {
@@ -302,6 +311,30 @@ impl RuleShape {
     /// The template text as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The template as words and holes: each hole is its slot and the index of its value in a
+    /// bound rule's [`Rule::args`].
+    pub fn pieces(&self) -> Vec<Piece<'_>> {
+        let mut out = Vec::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => {
+                    // `@$set`: a set reference whose name is a hole.
+                    let mut words = t.split_whitespace().peekable();
+                    while let Some(word) = words.next() {
+                        let last = words.peek().is_none();
+                        if word == "@" && last && t.ends_with('@') {
+                            out.push(Piece::SetPrefix);
+                        } else {
+                            out.push(Piece::Word(word));
+                        }
+                    }
+                }
+                Part::Slot(i) => out.push(Piece::Hole(self.slots[*i], *i)),
+            }
+        }
+        out
     }
 
     /// The slots this shape uses.
