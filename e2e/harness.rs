@@ -97,6 +97,16 @@ impl Netns {
         ns
     }
 
+    /// A bare namespace (only `lo`) with a unique name ending in `label`.
+    pub fn unique(label: &str) -> Netns {
+        SWEEP.call_once(sweep_leftovers);
+        Netns::new(format!(
+            "knp{}-{}-{label}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ))
+    }
+
     /// The argv prefix that runs a command inside this namespace.
     pub fn prefix(&self) -> Vec<&str> {
         vec!["ip", "netns", "exec", &self.name]

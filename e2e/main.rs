@@ -4,6 +4,7 @@
 mod api;
 mod apiserver;
 mod clusterip;
+mod differential;
 mod flows;
 mod harness;
 mod lifecycle;

@@ -9,15 +9,17 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use tracing::{error, info, warn};
 
+use kube_nft_proxy::backend::netlink::NetlinkBackend;
 use kube_nft_proxy::backend::nft::NftBackend;
 use kube_nft_proxy::backend::{Backend, Offline, script};
-use kube_nft_proxy::config::{Cli, Command, ProxyArgs, Settings, SourceKind};
+use kube_nft_proxy::config::{BackendKind, Cli, Command, ProxyArgs, Settings, SourceKind};
 use kube_nft_proxy::conntrack::Conntrack;
 use kube_nft_proxy::health_check::{self, HealthChecks};
 use kube_nft_proxy::http::{self, Health};
 use kube_nft_proxy::metrics::Metrics;
 use kube_nft_proxy::plan::NodeSettings;
 use kube_nft_proxy::reconciler::{Reconciler, Timing};
+use kube_nft_proxy::render::templates::Templates;
 use kube_nft_proxy::source::Event;
 use kube_nft_proxy::source::files::FileSource;
 use kube_nft_proxy::source::{addresses, api};
@@ -35,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Render(args) => render(&args),
-        Command::Cleanup => cleanup(),
+        Command::Cleanup(args) => cleanup(args.backend),
     }
 }
 
@@ -75,9 +77,17 @@ fn render(args: &ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The backend that programs the kernel.
+fn backend(kind: BackendKind) -> anyhow::Result<Box<dyn Backend>> {
+    Ok(match kind {
+        BackendKind::Netlink => Box::new(NetlinkBackend::new(Templates::bundled()?)?),
+        BackendKind::Nft => Box::new(NftBackend::default()),
+    })
+}
+
 /// `cleanup`: delete our tables.
-fn cleanup() -> anyhow::Result<()> {
-    let deleted = NftBackend::default().delete_tables()?;
+fn cleanup(kind: BackendKind) -> anyhow::Result<()> {
+    let deleted = backend(kind)?.delete_tables()?;
     info!(tables = deleted, "removed kube-nft-proxy tables");
     Ok(())
 }
@@ -97,7 +107,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         warn!(error = %e, "cannot set oomScoreAdj");
     }
     let metrics = Metrics::new()?;
-    let backend = NftBackend::default();
+    let backend = backend(settings.backend)?;
     let reconciler = Reconciler::new(
         Timing {
             min_sync_period: settings.min_sync_period,
@@ -106,7 +116,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         },
         node_settings(&settings),
         settings.nodeport_addresses.clone(),
-        Box::new(backend),
+        backend,
         metrics.clone(),
     )?;
     let health = Health {
@@ -122,7 +132,7 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             reconciler
         }
     };
-    info!(node = %settings.node_name, source = ?settings.source, "starting kube-nft-proxy");
+    info!(node = %settings.node_name, source = ?settings.source, backend = ?settings.backend, "starting kube-nft-proxy");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -185,6 +195,8 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     if worker.join().is_err() {
         bail!("the reconciler thread panicked");
     }
+    // Watch streams and servers end with the process; do not wait on them.
+    runtime.shutdown_timeout(Duration::from_millis(500));
     Ok(())
 }
 

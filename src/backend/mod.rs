@@ -1,5 +1,6 @@
 //! Backends apply a [`Transaction`] atomically and read the kernel's state of our tables back.
-//! The `nft` backend drives the nft binary; it is the reference every other backend must match.
+//! The `netlink` backend (the default) speaks nf_tables netlink directly; the `nft` backend drives
+//! the nft binary and is the reference the netlink backend must match.
 
 pub mod netlink;
 pub mod nft;
@@ -22,6 +23,10 @@ pub enum BackendError {
     Refused(String),
     #[error("cannot read the kernel's ruleset: {0}")]
     Read(String),
+    #[error("cannot encode the transaction: {0}")]
+    Encode(String),
+    #[error("netlink: {0}")]
+    Netlink(String),
 }
 
 /// Something that programs nf_tables.

@@ -29,7 +29,25 @@ pub enum Command {
     /// Print the whole ruleset as an `nft -f` script that creates it from nothing (needs no root).
     Render(ProxyArgs),
     /// Delete the proxy's tables from the current network namespace.
-    Cleanup,
+    Cleanup(CleanupArgs),
+}
+
+/// How the kernel is programmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum BackendKind {
+    /// nf_tables netlink batches straight from the proxy (the default).
+    #[default]
+    Netlink,
+    /// The nft binary: the reference implementation, much slower at scale.
+    Nft,
+}
+
+/// Settings of `cleanup`.
+#[derive(Debug, Args, Default)]
+pub struct CleanupArgs {
+    /// How to reach nf_tables.
+    #[arg(long, value_enum, default_value_t = BackendKind::Netlink)]
+    pub backend: BackendKind,
 }
 
 /// Settings shared by `run` and `render`.
@@ -72,6 +90,9 @@ pub struct ProxyArgs {
     /// Longest retry interval after a failed sync; health fails after twice this.
     #[arg(long, value_name = "DURATION")]
     pub sync_period: Option<String>,
+    /// How to program nf_tables.
+    #[arg(long, value_enum, default_value_t = BackendKind::Netlink)]
+    pub backend: BackendKind,
 }
 
 /// A setting that cannot be used.
@@ -124,6 +145,7 @@ pub struct Settings {
     pub oom_score_adj: Option<i64>,
     /// Configuration sections accepted without effect (logged at start-up).
     pub without_effect: Vec<String>,
+    pub backend: BackendKind,
 }
 
 impl Settings {
@@ -218,6 +240,7 @@ impl Settings {
             sync_period,
             oom_score_adj: file.oom_score_adj,
             without_effect: file.without_effect,
+            backend: args.backend,
         })
     }
 

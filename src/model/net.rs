@@ -92,6 +92,15 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number.
+    pub fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
     /// Parses the nftables keyword.
     pub fn from_nft(value: &str) -> Option<Protocol> {
         match value {

@@ -111,6 +111,8 @@ pub enum AnonSet {
     Prefixes {
         id: u32,
         family: Family,
+        /// Matched against the source address (else the destination).
+        saddr: bool,
         prefixes: Vec<Cidr>,
     },
 }
@@ -641,6 +643,7 @@ impl Program {
                         anon_sets.push(AnonSet::Prefixes {
                             id,
                             family,
+                            saddr: *field == Field::Saddr,
                             prefixes,
                         });
                     }
@@ -800,11 +803,7 @@ impl Program {
             }
             (_, other) => return Err(self.err(format!("expected a protocol, got {other:?}"))),
         };
-        Ok(match p {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        })
+        Ok(p.ip_number())
     }
 }
 

@@ -40,6 +40,10 @@ pub enum Msg {
     NewSetElem = 12,
     GetSetElem = 13,
     DelSetElem = 14,
+    NewObj = 18,
+    GetObj = 19,
+    NewFlowtable = 22,
+    GetFlowtable = 23,
 }
 
 impl Msg {
@@ -53,8 +57,25 @@ impl Msg {
         }
         use Msg::*;
         [
-            NewTable, GetTable, DelTable, NewChain, GetChain, DelChain, NewRule, GetRule, DelRule,
-            NewSet, GetSet, DelSet, NewSetElem, GetSetElem, DelSetElem,
+            NewTable,
+            GetTable,
+            DelTable,
+            NewChain,
+            GetChain,
+            DelChain,
+            NewRule,
+            GetRule,
+            DelRule,
+            NewSet,
+            GetSet,
+            DelSet,
+            NewSetElem,
+            GetSetElem,
+            DelSetElem,
+            NewObj,
+            GetObj,
+            NewFlowtable,
+            GetFlowtable,
         ]
         .into_iter()
         .find(|m| *m as u16 == t & 0xff)
