@@ -5,6 +5,8 @@
 
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::model::convert::{self, Converted, InvalidObject, InvalidReason};
@@ -55,7 +57,7 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Found>, ManifestError> 
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(ManifestError::TooLarge);
     }
-    let docs: Vec<Value> = match format {
+    let docs: Vec<Document> = match format {
         Format::Json => {
             vec![serde_json::from_slice(bytes).map_err(|e| ManifestError::Json(e.to_string()))?]
         }
@@ -64,11 +66,146 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Found>, ManifestError> 
             serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?
         }
     };
-    let mut found = Vec::new();
-    for doc in docs {
-        collect(doc, 0, &mut found);
+    Ok(docs.into_iter().flat_map(|d| d.0).collect())
+}
+
+/// The objects of one document. A `kind: List` document's items are converted one at a time
+/// while it is read, so a large list never exists as a whole `Value` tree; any other document is
+/// read as a `Value` and converted.
+struct Document(Vec<Found>);
+
+impl<'de> Deserialize<'de> for Document {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Document, D::Error> {
+        d.deserialize_any(DocumentVisitor)
     }
-    Ok(found)
+}
+
+struct DocumentVisitor;
+
+impl<'de> Visitor<'de> for DocumentVisitor {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document, A::Error> {
+        let mut fields = serde_json::Map::new();
+        let mut items = Vec::new();
+        let mut saw_items = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" && !saw_items {
+                saw_items = true;
+                items = map.next_value_seed(Items)?;
+            } else {
+                let value: Value = map.next_value()?;
+                fields.insert(key, value);
+            }
+        }
+        let field = |k: &str| fields.get(k).and_then(Value::as_str).unwrap_or("");
+        if (field("apiVersion"), field("kind")) == ("v1", "List") {
+            return Ok(Document(items));
+        }
+        // Not a list: an object of its own (an `items` field means nothing to the kinds we read).
+        let mut found = Vec::new();
+        collect(Value::Object(fields), 0, &mut found);
+        Ok(Document(found))
+    }
+
+    // Scalars and sequences at the top of a document hold no objects.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Document, E> {
+        Ok(Document(Vec::new()))
+    }
+}
+
+/// The `items` of a list, each converted as soon as it is read.
+struct Items;
+
+impl<'de> DeserializeSeed<'de> for Items {
+    type Value = Vec<Found>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Found>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Items {
+    type Value = Vec<Found>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of Kubernetes objects")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Found>, A::Error> {
+        let mut found = Vec::new();
+        while let Some(item) = seq.next_element::<Value>()? {
+            collect(item, 1, &mut found);
+        }
+        Ok(found)
+    }
+
+    // `items: null` (or anything but a sequence) holds nothing.
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Found>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Vec::new())
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Vec<Found>, E> {
+        Ok(Vec::new())
+    }
 }
 
 fn collect(doc: Value, depth: usize, found: &mut Vec<Found>) {
@@ -76,8 +213,10 @@ fn collect(doc: Value, depth: usize, found: &mut Vec<Found>) {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
     match (api_version, kind) {
         ("v1", "List") if depth < MAX_LIST_DEPTH => {
-            if let Some(Value::Array(items)) = doc.get("items") {
-                for item in items.clone() {
+            if let Value::Object(mut map) = doc
+                && let Some(Value::Array(items)) = map.remove("items")
+            {
+                for item in items {
                     collect(item, depth + 1, found);
                 }
             }
@@ -246,6 +385,41 @@ items:
                         "spec": {"clusterIP": "None", "ports": [{"port": 1}]}}"#;
         let found = parse(json, Format::Json).unwrap();
         assert!(matches!(found[0].outcome, Outcome::Ignored(_)));
+    }
+
+    #[test]
+    fn list_items_are_read_whatever_the_field_order() {
+        let item = |name: &str| {
+            format!(
+                r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "{name}", "namespace": "x"}},
+                    "spec": {{"clusterIP": "10.96.0.1", "ports": [{{"port": 80}}]}}}}"#
+            )
+        };
+        let items_first = format!(
+            r#"{{"items": [{}, {}], "kind": "List", "apiVersion": "v1"}}"#,
+            item("a"),
+            item("b")
+        );
+        let found = parse(items_first.as_bytes(), Format::Json).unwrap();
+        let names: Vec<String> = found.iter().map(|f| f.id.to_string()).collect();
+        assert_eq!(names, ["Service x/a", "Service x/b"]);
+        // Items of something that is not a List are not objects of ours.
+        let not_a_list = format!(
+            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "items": [{}]}}"#,
+            item("c")
+        );
+        assert!(
+            parse(not_a_list.as_bytes(), Format::Json)
+                .unwrap()
+                .is_empty()
+        );
+        // A nested List, and `items: null`.
+        let nested = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: List\n  items: [{}]\n---\napiVersion: v1\nkind: List\nitems: null\n",
+            item("d")
+        );
+        let found = parse(nested.as_bytes(), Format::Yaml).unwrap();
+        assert_eq!(found.len(), 1);
     }
 
     #[test]
