@@ -82,6 +82,19 @@ pub struct ApiServer {
     pub local_addr: SocketAddr,
 }
 
+/// Binds `addr`, waiting up to 5 s for a stopped server's runtime (shut down in the background)
+/// to release it.
+fn bind_retrying(addr: SocketAddr) -> TcpListener {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return l,
+            Err(e) if std::time::Instant::now() > deadline => panic!("bind {addr}: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
 /// Binds `127.0.0.1:port` inside a network namespace: a short-lived thread enters it, binds, and
 /// hands the socket back (the socket stays in that namespace).
 fn bind_in_netns(netns: &str, port: u16) -> TcpListener {
@@ -93,7 +106,7 @@ fn bind_in_netns(netns: &str, port: u16) -> TcpListener {
             .args(["link", "set", "lo", "up"])
             .status();
         assert!(lo.is_ok_and(|s| s.success()));
-        TcpListener::bind(("127.0.0.1", port)).expect("bind in netns")
+        bind_retrying(SocketAddr::from(([127, 0, 0, 1], port)))
     })
     .join()
     .expect("bind thread")
@@ -145,7 +158,7 @@ impl ApiServer {
     pub fn restart(&mut self) {
         self.stop();
         let node = bind_in_netns(&self.node_netns, self.node_addr.port());
-        let local = TcpListener::bind(self.local_addr).expect("rebind");
+        let local = bind_retrying(self.local_addr);
         self.serve(node, local);
     }
 

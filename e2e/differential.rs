@@ -26,7 +26,7 @@ use kube_nft_proxy::source::Event;
 use kube_nft_proxy::source::files::FileSource;
 use kube_nft_proxy::state::Change;
 
-use crate::harness::{Netns, require_root, run};
+use crate::harness::{Netns, require_root, run, table_listing};
 use kube_nft_proxy::model::ObjectId;
 
 const NODE: &str = "node-a";
@@ -95,25 +95,7 @@ fn exec_in(ns: &str, cmd: &[&str]) -> Result<String, String> {
 
 /// `nft -j list table` of our table in `family`, without handles; `Null` if there is none.
 fn listing(ns: &str, family: &str) -> Value {
-    let Ok(text) = exec_in(
-        ns,
-        &["nft", "-j", "list", "table", family, "kube-nft-proxy"],
-    ) else {
-        return Value::Null;
-    };
-    let mut doc: Value = serde_json::from_str(&text).expect("nft -j output");
-    let list = doc["nftables"].as_array_mut().expect("nftables array");
-    list.retain(|o| o.get("metainfo").is_none());
-    for obj in list.iter_mut() {
-        if let Some(map) = obj.as_object_mut() {
-            for inner in map.values_mut() {
-                if let Some(inner) = inner.as_object_mut() {
-                    inner.remove("handle");
-                }
-            }
-        }
-    }
-    doc
+    table_listing(ns, family, true)
 }
 
 /// Fails with the differing lines of `nft list table` if the two kernels differ.

@@ -197,6 +197,8 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub ext: Netns,
     pub node: Netns,
+    /// Where `render`'s script is loaded, to compare the node's tables with.
+    scratch: Netns,
 }
 
 impl Cluster {
@@ -266,6 +268,7 @@ impl Cluster {
         ]);
         node.ip(&["route", "add", "default", "via", "192.168.50.2"]);
         node.ip(&["-6", "route", "add", "default", "via", "fd00:50::2"]);
+        let scratch = Netns::new(format!("{prefix}-scratch"));
         let mut cluster = Cluster {
             prefix: prefix.clone(),
             dir,
@@ -275,6 +278,7 @@ impl Cluster {
             pods: Vec::new(),
             ext,
             node,
+            scratch,
         };
         for i in 1..=pods {
             cluster.add_pod(i);
@@ -572,20 +576,43 @@ impl Cluster {
         let mut args: Vec<&str> = vec![PROXY, "render"];
         args.extend(self.proxy_args.iter().skip(1).map(String::as_str));
         let script = run(&args).unwrap_or_else(|e| panic!("render: {e}"));
+        // What the kernel must hold: the script loaded into an empty namespace.
+        let file = self.dir.join(".settle.nft");
+        std::fs::write(&file, &script).expect("write the rendered script");
+        let _ = self.scratch.exec(&["nft", "flush", "ruleset"]);
+        self.scratch
+            .exec(&["nft", "-f", &file.to_string_lossy()])
+            .unwrap_or_else(|e| panic!("the rendered script does not load: {e}"));
         for family in ["ip", "ip6"] {
-            let want = rules_by_chain_rendered(&script, family);
-            wait_for(
-                &format!("the {family} rules to settle"),
-                Duration::from_secs(5),
-                || {
-                    self.nft(&["list", "table", family, "kube-nft-proxy"])
-                        .is_ok_and(|l| rules_by_chain_listed(&l) == want)
-                },
-            );
+            let want = table_listing(&self.scratch.name, family, false);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let have = table_listing(&self.node.name, family, false);
+                if have == want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let objects = |v: &Value| -> Vec<String> {
+                        v["nftables"]
+                            .as_array()
+                            .map(|l| l.iter().map(Value::to_string).collect())
+                            .unwrap_or_default()
+                    };
+                    let (h, w) = (objects(&have), objects(&want));
+                    let only = |a: &[String], b: &[String]| -> Vec<String> {
+                        a.iter().filter(|x| !b.contains(x)).cloned().collect()
+                    };
+                    panic!(
+                        "the {family} table did not settle within 5s\nonly in the kernel:\n{}\nonly in render:\n{}",
+                        only(&h, &w).join("\n"),
+                        only(&w, &h).join("\n")
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 
-    /// Status line, headers and body of an HTTP GET from `from`.
     pub fn http_get(&self, from: From, addr: &str, path: &str) -> Result<String, String> {
         self.client_ns(from).exec(&[ECHO, "http-get", addr, path])
     }
@@ -654,6 +681,55 @@ impl Drop for Cluster {
 }
 
 /// `chain name → rule lines` from an `nft list table` listing.
+/// `nft -j list table` of our table in `family` inside namespace `ns`, as a comparable value:
+/// without handles and, unless `all_elements`, without the elements the kernel fills in by itself
+/// (the packet path's affinity sets) or that come from the node's addresses (`nodeport-ips`).
+/// `Null` if the table does not exist.
+pub fn table_listing(ns: &str, family: &str, all_elements: bool) -> Value {
+    let Ok(text) = run(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "nft",
+        "-j",
+        "list",
+        "table",
+        family,
+        "kube-nft-proxy",
+    ]) else {
+        return Value::Null;
+    };
+    let mut doc: Value = serde_json::from_str(&text).expect("nft -j output");
+    let list = doc["nftables"].as_array_mut().expect("nftables array");
+    list.retain(|o| o.get("metainfo").is_none());
+    for obj in list.iter_mut() {
+        let Some(map) = obj.as_object_mut() else {
+            continue;
+        };
+        for inner in map.values_mut() {
+            let Some(inner) = inner.as_object_mut() else {
+                continue;
+            };
+            inner.remove("handle");
+            let timeout = inner
+                .get("flags")
+                .is_some_and(|f| f.to_string().contains("timeout"));
+            let nodeport_ips = inner.get("name").and_then(Value::as_str) == Some("nodeport-ips");
+            if !all_elements && (timeout || nodeport_ips) {
+                inner.remove("elem");
+            }
+            // Elements are listed in the kernel's hash order.
+            if let Some(Value::Array(elements)) = inner.get_mut("elem") {
+                elements.sort_by_cached_key(Value::to_string);
+            }
+        }
+    }
+    // Objects are listed in the order they were created.
+    list.sort_by_cached_key(Value::to_string);
+    doc
+}
+
 pub fn rules_by_chain_listed(listing: &str) -> BTreeMap<String, Vec<String>> {
     let mut chains = BTreeMap::new();
     let mut current: Option<String> = None;

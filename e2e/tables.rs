@@ -157,12 +157,16 @@ fn cluster_ip_general() {
             "chain",
             "ip",
             "kube-nft-proxy",
-            &format!("endpoint-e2e/svc2/sctp/dns-sctp__{p1}/53"),
+            "service-e2e/svc2/sctp/dns-sctp",
         ])
         .expect("list");
+    assert!(chain.contains("map @cluster-endpoints:53"), "{chain}");
+    let endpoints = c
+        .nft(&["list", "map", "ip", "kube-nft-proxy", "cluster-endpoints"])
+        .expect("list");
     assert!(
-        chain.contains(&format!("meta l4proto sctp dnat to {p1}:53")),
-        "{chain}"
+        endpoints.contains(&format!("10.96.0.42 . sctp . 53 . 0 : {p1}")),
+        "{endpoints}"
     );
 }
 

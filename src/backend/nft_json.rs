@@ -11,7 +11,7 @@ use crate::model::{Family, Protocol};
 use crate::ruleset::kernel::{ChainContent, KernelChain, KernelSet, KernelTable};
 use crate::ruleset::{
     BaseChain, ChainName, ChainType, Comment, Digest, ElementKey, ElementValue, Hook, KeyType,
-    SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
+    SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 fn objects(json: &[u8]) -> Result<Vec<Value>, String> {
@@ -131,10 +131,12 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
             .collect(),
         _ => None,
     };
-    let verdict_map = match s.get("map") {
-        None => false,
-        Some(Value::String(t)) if t == "verdict" => true,
-        Some(_) => return Some((name, unrecognised_set())),
+    let data = match s.get("map").and_then(Value::as_str) {
+        None if s.get("map").is_none() => SetData::None,
+        Some("verdict") => SetData::Verdict,
+        Some("ipv4_addr") => SetData::Target(Family::V4),
+        Some("ipv6_addr") => SetData::Target(Family::V6),
+        _ => return Some((name, unrecognised_set())),
     };
     // Properties we never set mean the set is not in the shape we expect. (`size` is what the
     // kernel gives dynamic sets by default.)
@@ -157,7 +159,7 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
     flags.dedup();
     let spec = SetSpec {
         key,
-        verdict_map,
+        data,
         flags,
         comment: s.get("comment").and_then(Value::as_str).map(str::to_string),
     };
@@ -193,7 +195,7 @@ fn unrecognised_set() -> KernelSet {
     KernelSet {
         spec: SetSpec {
             key: Vec::new(),
-            verdict_map: false,
+            data: SetData::None,
             flags: Vec::new(),
             comment: None,
         },
@@ -203,11 +205,11 @@ fn unrecognised_set() -> KernelSet {
 }
 
 fn element(item: &Value, spec: &SetSpec) -> Option<(ElementKey, ElementValue)> {
-    let (key_json, data_json) = if spec.verdict_map {
+    let (key_json, data_json) = if spec.data == SetData::None {
+        (item, None)
+    } else {
         let pair = item.as_array()?;
         (pair.first()?, Some(pair.get(1)?))
-    } else {
-        (item, None)
     };
     // `{"elem": {"val": KEY, "comment": "…"}}` wraps keys that carry a comment.
     let (key_json, comment) = match key_json.get("elem") {
@@ -219,29 +221,60 @@ fn element(item: &Value, spec: &SetSpec) -> Option<(ElementKey, ElementValue)> {
         _ => vec![key_json],
     };
     let key = key(&parts, &spec.key)?;
-    let verdict = match data_json {
-        Some(v) => Some(verdict(v)?),
-        None => None,
+    let (verdict, target) = match (spec.data, data_json) {
+        (SetData::Verdict, Some(v)) => (Some(verdict(v)?), None),
+        (SetData::Target(f), Some(t)) => {
+            let addr: IpAddr = t.as_str()?.parse().ok()?;
+            if Family::of(&addr) != f {
+                return None;
+            }
+            (None, Some(addr))
+        }
+        (SetData::None, None) => (None, None),
+        _ => return None,
     };
     let comment = match comment {
         Some(c) => Some(Comment::new(c).ok()?),
         None => None,
     };
-    Some((key, ElementValue { verdict, comment }))
+    Some((
+        key,
+        ElementValue {
+            verdict,
+            target,
+            comment,
+        },
+    ))
+}
+
+fn number(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 fn key(parts: &[&Value], types: &[KeyType]) -> Option<ElementKey> {
     let addr = |v: &Value| v.as_str()?.parse::<IpAddr>().ok();
     let proto = |v: &Value| Protocol::from_nft(v.as_str()?);
-    let port = |v: &Value| match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    };
-    let key = match parts {
-        [a] => ElementKey::Addr(addr(a)?),
-        [a, p, n] => ElementKey::AddrProtoPort(addr(a)?, proto(p)?, port(n)?),
-        [p, n] => ElementKey::ProtoPort(proto(p)?, port(n)?),
+    let port = |v: &Value| number(v).and_then(|n| u16::try_from(n).ok());
+    let index = |v: &Value| number(v).and_then(|n| u32::try_from(n).ok());
+    let key = match (parts, types) {
+        ([a], _) => ElementKey::Addr(addr(a)?),
+        ([a, b], [KeyType::Ipv4Addr | KeyType::Ipv6Addr, _]) => {
+            ElementKey::AddrPair(addr(a)?, addr(b)?)
+        }
+        ([p, n], _) => ElementKey::ProtoPort(proto(p)?, port(n)?),
+        ([a, p, n], [_, _, KeyType::InetService]) => {
+            ElementKey::AddrProtoPort(addr(a)?, proto(p)?, port(n)?)
+        }
+        ([p, n, i], [_, _, KeyType::Index]) => {
+            ElementKey::ProtoPortIndex(proto(p)?, port(n)?, index(i)?)
+        }
+        ([a, p, n, i], _) => {
+            ElementKey::AddrProtoPortIndex(addr(a)?, proto(p)?, port(n)?, index(i)?)
+        }
         _ => return None,
     };
     key.fits(types).then_some(key)

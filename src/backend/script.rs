@@ -104,8 +104,8 @@ fn write_element(key: &ElementKey, value: Option<&ElementValue>, out: &mut Strin
         if let Some(c) = &value.comment {
             let _ = write!(out, " comment \"{c}\"");
         }
-        if let Some(v) = &value.verdict {
-            let _ = write!(out, " : {v}");
+        if let Some(data) = value.data_text() {
+            let _ = write!(out, " : {data}");
         }
     }
 }

@@ -173,18 +173,31 @@ fn an_endpoint_change_rewrites_only_that_service() {
             slice("b", &["10.0.2.1"]),
         ],
     );
+    // A second endpoint: the random choice is now among 2 (the DNAT rule changes).
     r.handle(Event::Changes(vec![slice("a", &["10.0.1.1", "10.0.1.2"])]));
     assert_eq!(
         r.sync(Instant::now()),
-        SyncOutcome::Applied { operations: 6 }
+        SyncOutcome::Applied { operations: 5 }
     );
     assert_eq!(
         describe(&last_tx(&backend)),
         [
             "flush chain service-ns/a/tcp/http",
-            "add chain endpoint-ns/a/tcp/http__10.0.1.2/8080",
-            "add 2 rules endpoint-ns/a/tcp/http__10.0.1.2/8080",
             "add 2 rules service-ns/a/tcp/http",
+            "add 1 elements cluster-endpoints",
+            "add 1 elements hairpin",
+        ]
+    );
+    // Another endpoint in its place: only map elements change, no rule.
+    r.handle(Event::Changes(vec![slice("a", &["10.0.1.1", "10.0.1.3"])]));
+    r.sync(Instant::now());
+    assert_eq!(
+        describe(&last_tx(&backend)),
+        [
+            "delete 1 elements cluster-endpoints",
+            "delete 1 elements hairpin",
+            "add 1 elements cluster-endpoints",
+            "add 1 elements hairpin",
         ]
     );
 }
@@ -206,9 +219,10 @@ fn a_deleted_service_is_flushed_now_and_its_chains_deleted_after_the_delay() {
     assert_eq!(
         ops,
         [
-            "flush chain endpoint-ns/a/tcp/http__10.0.1.1/8080",
             "flush chain service-ns/a/tcp/http",
+            "delete 1 elements cluster-endpoints",
             "delete 1 elements cluster-ips",
+            "delete 1 elements hairpin",
             "delete 1 elements service-ips",
         ]
     );
@@ -221,10 +235,7 @@ fn a_deleted_service_is_flushed_now_and_its_chains_deleted_after_the_delay() {
     r.sync(t0 + Duration::from_secs(2));
     assert_eq!(
         describe(&last_tx(&backend)),
-        [
-            "delete chain endpoint-ns/a/tcp/http__10.0.1.1/8080",
-            "delete chain service-ns/a/tcp/http"
-        ]
+        ["delete chain service-ns/a/tcp/http"]
     );
     assert!(r.next_deadline().is_none());
 }
@@ -249,8 +260,7 @@ fn a_failed_transaction_is_retried_as_a_full_sync_that_rereads_the_kernel() {
         "the retry read the kernel again"
     );
     assert!(
-        describe(&last_tx(&backend))
-            .contains(&"add 2 rules endpoint-ns/a/tcp/http__10.0.1.2/8080".to_string())
+        describe(&last_tx(&backend)).contains(&"add 2 rules service-ns/a/tcp/http".to_string())
     );
 }
 
@@ -287,11 +297,10 @@ fn a_restarted_proxy_fixes_only_what_changed_while_it_was_down() {
     assert_eq!(
         describe(&last_tx(&backend)),
         [
-            "flush chain endpoint-ns/a/tcp/http__10.0.1.1/8080",
-            "flush chain service-ns/a/tcp/http",
-            "add chain endpoint-ns/a/tcp/http__10.0.1.9/8080",
-            "add 2 rules endpoint-ns/a/tcp/http__10.0.1.9/8080",
-            "add 2 rules service-ns/a/tcp/http",
+            "delete 1 elements cluster-endpoints",
+            "delete 1 elements hairpin",
+            "add 1 elements cluster-endpoints",
+            "add 1 elements hairpin",
         ]
     );
 }
@@ -316,7 +325,8 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
     ]));
     r.handle(Event::Synced);
     r.sync(Instant::now());
-    assert_eq!(metrics.conflicts.get(), 1);
+    // Both want the service-ips element and the endpoint-map element of 10.96.0.1:80.
+    assert_eq!(metrics.conflicts.get(), 2);
     let k = backend.0.lock().unwrap();
     let table = k.state.table(Family::V4).unwrap();
     let map = &table.sets[&crate::ruleset::SetName::new("service-ips").unwrap()];

@@ -18,9 +18,11 @@ use crate::ruleset::{
 };
 use names::PortChains;
 use templates::{
-    ChainTemplate, TAG_AFFINITY, TAG_ALLOW_NONE, TAG_ALLOW_SOME, TAG_MASQUERADE_ALL,
-    TAG_MASQUERADE_EXTERNAL, TAG_MASQUERADE_OFF_CLUSTER, TAG_NODEPORTS_ON_IPS,
-    TAG_NODEPORTS_ON_LOCAL, TAG_SHORT_CIRCUIT_LOCAL, TAG_SHORT_CIRCUIT_PODS, TAG_TO_POLICY,
+    ChainTemplate, TAG_AFFINITY, TAG_ALLOW_NONE, TAG_ALLOW_SOME, TAG_CLUSTER_ENDPOINTS,
+    TAG_CLUSTER_NODEPORT_ENDPOINTS, TAG_ENDPOINT_CHAINS, TAG_LOCAL_ENDPOINTS,
+    TAG_LOCAL_NODEPORT_ENDPOINTS, TAG_MASQUERADE_ALL, TAG_MASQUERADE_EXTERNAL,
+    TAG_MASQUERADE_OFF_CLUSTER, TAG_NODEPORTS_ON_IPS, TAG_NODEPORTS_ON_LOCAL,
+    TAG_SHORT_CIRCUIT_LOCAL, TAG_SHORT_CIRCUIT_PODS, TAG_TO_POLICY,
 };
 pub use templates::{TemplateError, Templates};
 
@@ -47,6 +49,9 @@ struct Known {
     no_endpoint_services: SetName,
     no_endpoint_nodeports: SetName,
     firewall_ips: SetName,
+    /// Endpoint maps: [cluster, local] × [by address, by NodePort].
+    endpoints: [[SetName; 2]; 2],
+    hairpin: SetName,
     reject_chain: ChainName,
 }
 
@@ -99,6 +104,14 @@ impl Renderer {
                 no_endpoint_services: set("no-endpoint-services")?,
                 no_endpoint_nodeports: set("no-endpoint-nodeports")?,
                 firewall_ips: set("firewall-ips")?,
+                endpoints: [
+                    [
+                        set("cluster-endpoints")?,
+                        set("cluster-nodeport-endpoints")?,
+                    ],
+                    [set("local-endpoints")?, set("local-nodeport-endpoints")?],
+                ],
+                hairpin: set("hairpin")?,
                 reject_chain: chain("reject-chain")?,
             },
         })
@@ -188,8 +201,15 @@ impl PortRenderer<'_> {
 
     fn render(mut self) -> Result<(), RenderError> {
         let port = self.port;
+        let endpoint_chains = self.target_port().is_none();
         for endpoint in port.reachable_endpoints() {
-            self.endpoint_chain(endpoint)?;
+            // Hairpin traffic is recognised after DNAT: source and destination are this endpoint.
+            let ip = endpoint.ip();
+            let hairpin = self.renderer.known.hairpin.clone();
+            self.push_element(&hairpin, ElementKey::AddrPair(ip, ip), None, false)?;
+            if endpoint_chains {
+                self.endpoint_chain(endpoint)?;
+            }
         }
         if port.uses_cluster_chain {
             self.policy_chain(Policy::Cluster)?;
@@ -233,9 +253,91 @@ impl PortRenderer<'_> {
             family: self.family(),
             set: set.clone(),
             key,
-            value: ElementValue { verdict, comment },
+            value: ElementValue {
+                verdict,
+                target: None,
+                comment,
+            },
         });
         Ok(())
+    }
+
+    /// The port every endpoint of this service port listens on, when the policy chains can DNAT
+    /// through the endpoint maps; `None` when they need endpoint chains (session affinity, or
+    /// endpoints on different ports).
+    fn target_port(&self) -> Option<u16> {
+        if self.port.affinity_timeout.is_some() {
+            return None;
+        }
+        let mut ports = self
+            .port
+            .reachable_endpoints()
+            .into_iter()
+            .map(|e| e.port());
+        let first = ports.next()?;
+        ports.all(|p| p == first).then_some(first)
+    }
+
+    /// Destinations whose traffic ends in the chain of `policy`: addresses (ClusterIP, external
+    /// and load-balancer IPs) and whether the NodePort does. Mirrors the elements and the
+    /// external chain below.
+    fn entries(&self, policy: Policy) -> (Vec<IpAddr>, bool) {
+        let port = self.port;
+        let mut addrs = Vec::new();
+        if port.has_internal_endpoints && port.internal_policy == policy {
+            addrs.push(port.cluster_ip);
+        }
+        let external = port.uses_external_chain
+            && match policy {
+                // eTP Local short-circuits pods and the node to the cluster chain.
+                Policy::Cluster => {
+                    port.external_local
+                        || (port.external_policy == Policy::Cluster && port.has_external_endpoints)
+                }
+                Policy::Local => {
+                    port.external_policy == Policy::Local && port.has_external_endpoints
+                }
+            };
+        if external {
+            addrs.extend(port.external_ips.iter().chain(&port.load_balancer_ips));
+        }
+        (addrs, external && port.node_port.is_some())
+    }
+
+    /// The elements of the endpoint maps that the DNAT of `policy`'s chain reads: for every
+    /// destination, index `i` → the `i`-th endpoint.
+    fn endpoint_elements(&mut self, policy: Policy) {
+        let port = self.port;
+        let family = self.family();
+        let (addrs, node_port) = self.entries(policy);
+        let maps = &self.renderer.known.endpoints[match policy {
+            Policy::Cluster => 0,
+            Policy::Local => 1,
+        }];
+        for (i, endpoint) in port.policy_endpoints(policy).iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let value = ElementValue {
+                verdict: None,
+                target: Some(endpoint.ip()),
+                comment: None,
+            };
+            for addr in &addrs {
+                self.items.push(Item::Element {
+                    family,
+                    set: maps[0].clone(),
+                    key: ElementKey::AddrProtoPortIndex(*addr, port.protocol, port.port, index),
+                    value: value.clone(),
+                });
+            }
+            if let (true, Some(n)) = (node_port, port.node_port) {
+                self.items.push(Item::Element {
+                    family,
+                    set: maps[1].clone(),
+                    key: ElementKey::ProtoPortIndex(port.protocol, n, index),
+                    value,
+                });
+            }
+        }
     }
 
     /// `namespace/name:port`, upstream's element comment.
@@ -267,7 +369,6 @@ impl PortRenderer<'_> {
         let affinity = self.port.affinity_timeout;
         let mut values = vec![
             (Slot::Family, Value::Family(family)),
-            (Slot::EndpointIp, Value::Addr(endpoint.ip())),
             (Slot::Endpoint, Value::SocketAddr(endpoint)),
             (Slot::Protocol, Value::Protocol(self.port.protocol)),
         ];
@@ -288,35 +389,52 @@ impl PortRenderer<'_> {
         Ok(())
     }
 
-    /// `service-…` or `local-…`: affinity lookups, then a uniform random choice.
+    /// `service-…` or `local-…`: masquerading, then a uniform random choice of an endpoint (by
+    /// DNAT through the endpoint maps, or among the endpoint chains).
     fn policy_chain(&mut self, policy: Policy) -> Result<(), RenderError> {
         let port = self.port;
         let family = self.family();
         let endpoints = port.policy_endpoints(policy);
-        let chains: Vec<ChainName> = endpoints
-            .iter()
-            .map(|e| self.endpoint_name(*e))
-            .collect::<Result<_, _>>()?;
+        let target_port = self.target_port();
+        let chains: Vec<ChainName> = if target_port.is_none() {
+            endpoints
+                .iter()
+                .map(|e| self.endpoint_name(*e))
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
         let cluster_cidr = self.node.cluster_cidr(family);
         let mut values = vec![
             (Slot::Family, Value::Family(family)),
             (Slot::ClusterIp, Value::Addr(port.cluster_ip)),
             (
                 Slot::EndpointCount,
-                Value::Count(u32::try_from(chains.len()).unwrap_or(u32::MAX)),
+                Value::Count(u32::try_from(endpoints.len()).unwrap_or(u32::MAX)),
             ),
-            (Slot::EndpointChains, Value::Chains(chains.clone().into())),
         ];
+        match target_port {
+            Some(p) => values.push((Slot::TargetPort, Value::Port(p))),
+            None => values.push((Slot::EndpointChains, Value::Chains(chains.clone().into()))),
+        }
         if let Some(cidr) = cluster_cidr {
             values.push((Slot::ClusterCidr, Value::Cidr(cidr)));
         }
         // ClusterIP traffic is masqueraded in the chain it goes to.
         let internal = policy == port.internal_policy && port.has_internal_endpoints;
         let masquerade_all = self.node.masquerade_all;
+        let (addrs, node_port) = self.entries(policy);
+        let by_map = target_port.is_some();
+        let cluster = policy == Policy::Cluster;
         let enabled = |tag: &str| match tag {
             TAG_MASQUERADE_ALL => internal && masquerade_all,
             TAG_MASQUERADE_OFF_CLUSTER => internal && !masquerade_all && cluster_cidr.is_some(),
             TAG_AFFINITY => port.affinity_timeout.is_some(),
+            TAG_ENDPOINT_CHAINS => !by_map,
+            TAG_CLUSTER_ENDPOINTS => by_map && cluster && !addrs.is_empty(),
+            TAG_CLUSTER_NODEPORT_ENDPOINTS => by_map && cluster && node_port,
+            TAG_LOCAL_ENDPOINTS => by_map && !cluster && !addrs.is_empty(),
+            TAG_LOCAL_NODEPORT_ENDPOINTS => by_map && !cluster && node_port,
             _ => false,
         };
         let mut rules = Vec::new();
@@ -335,6 +453,9 @@ impl PortRenderer<'_> {
         }
         let name = self.chain_of(policy).clone();
         self.push_chain(name, rules);
+        if by_map {
+            self.endpoint_elements(policy);
+        }
         Ok(())
     }
 

@@ -8,7 +8,8 @@ use std::sync::{Arc, LazyLock};
 
 use crate::model::Family;
 use crate::ruleset::{
-    BaseChain, ChainName, ChainType, Hook, KeyType, RuleShape, SetFlag, SetName, SetSpec, Slot,
+    BaseChain, ChainName, ChainType, Hook, KeyType, RuleShape, SetData, SetFlag, SetName, SetSpec,
+    Slot,
 };
 
 /// Tags of the base template.
@@ -19,6 +20,11 @@ pub const TAG_MASQUERADE_OFF_CLUSTER: &str = "masquerade-off-cluster";
 pub const TAG_MASQUERADE_ALL: &str = "masquerade-all";
 /// Rules repeated once per endpoint (service template) or present with affinity (endpoint).
 pub const TAG_AFFINITY: &str = "affinity";
+pub const TAG_ENDPOINT_CHAINS: &str = "endpoint-chains";
+pub const TAG_CLUSTER_ENDPOINTS: &str = "cluster-endpoints";
+pub const TAG_CLUSTER_NODEPORT_ENDPOINTS: &str = "cluster-nodeport-endpoints";
+pub const TAG_LOCAL_ENDPOINTS: &str = "local-endpoints";
+pub const TAG_LOCAL_NODEPORT_ENDPOINTS: &str = "local-nodeport-endpoints";
 /// Tags of the external chain template.
 pub const TAG_MASQUERADE_EXTERNAL: &str = "masquerade-external";
 pub const TAG_SHORT_CIRCUIT_PODS: &str = "short-circuit-pods";
@@ -53,15 +59,24 @@ const SERVICE: FileSpec = FileSpec {
         Slot::EndpointChains,
         Slot::AffinitySet,
         Slot::EndpointChain,
+        Slot::TargetPort,
     ],
-    tags: &[TAG_MASQUERADE_OFF_CLUSTER, TAG_MASQUERADE_ALL, TAG_AFFINITY],
+    tags: &[
+        TAG_MASQUERADE_OFF_CLUSTER,
+        TAG_MASQUERADE_ALL,
+        TAG_AFFINITY,
+        TAG_ENDPOINT_CHAINS,
+        TAG_CLUSTER_ENDPOINTS,
+        TAG_CLUSTER_NODEPORT_ENDPOINTS,
+        TAG_LOCAL_ENDPOINTS,
+        TAG_LOCAL_NODEPORT_ENDPOINTS,
+    ],
 };
 const ENDPOINT: FileSpec = FileSpec {
     name: "endpoint.nft",
     text: include_str!("../../rules-templates/endpoint.nft"),
     slots: &[
         Slot::Family,
-        Slot::EndpointIp,
         Slot::Endpoint,
         Slot::Protocol,
         Slot::AffinitySet,
@@ -219,7 +234,8 @@ impl Templates {
                     }
                 }
                 for word in &words {
-                    if let Some(set) = word.strip_prefix('@')
+                    // `@set`, or `@set:port` in a DNAT through a map.
+                    if let Some(set) = word.strip_prefix('@').and_then(|s| s.split(':').next())
                         && !set.starts_with('$')
                         && !sets.contains(set)
                     {
@@ -441,11 +457,14 @@ fn parse_set(
 ) -> Result<SetTemplate, TemplateError> {
     let name = SetName::new(name).map_err(|e| err(file, line, e.to_string()))?;
     let mut type_text = None;
+    let mut typeof_text = None;
     let mut comment = None;
     let mut flags = Vec::new();
     for (l, text) in body {
         if let Some(t) = text.strip_prefix("type ") {
             type_text = Some(t.trim());
+        } else if let Some(t) = text.strip_prefix("typeof ") {
+            typeof_text = Some(t.trim());
         } else if let Some(f) = text.strip_prefix("flags ") {
             for flag in f.split(',') {
                 flags.push(
@@ -467,34 +486,18 @@ fn parse_set(
     }
     flags.sort();
     flags.dedup();
-    let type_text = type_text.ok_or_else(|| err(file, line, "missing type"))?;
+    if type_text.is_some() == typeof_text.is_some() {
+        return Err(err(file, line, "give either type or typeof"));
+    }
     let spec = |family: Family| -> Result<Arc<SetSpec>, TemplateError> {
-        let resolved = type_text.replace("$addr_type", family.addr_type());
-        let (keys, data) = match resolved.split_once(':') {
-            Some((k, d)) => (k, Some(d.trim())),
-            None => (resolved.as_str(), None),
-        };
-        let key = keys
-            .split('.')
-            .map(|k| {
-                KeyType::from_nft(k.trim())
-                    .ok_or_else(|| err(file, line, format!("unknown key type {:?}", k.trim())))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let verdict_map = match (kind, data) {
-            ("set", None) => false,
-            ("map", Some("verdict")) => true,
-            _ => {
-                return Err(err(
-                    file,
-                    line,
-                    "a set has no data type; a map maps to verdict",
-                ));
-            }
+        let (key, data) = match (type_text, typeof_text) {
+            (Some(t), _) => declared_type(file, line, kind, t, family)?,
+            (_, Some(t)) => declared_typeof(file, line, kind, t, family)?,
+            (None, None) => return Err(err(file, line, "missing type")),
         };
         Ok(Arc::new(SetSpec {
             key,
-            verdict_map,
+            data,
             flags: flags.clone(),
             comment: comment.clone(),
         }))
@@ -503,6 +506,73 @@ fn parse_set(
         name,
         specs: [spec(Family::V4)?, spec(Family::V6)?],
     })
+}
+
+/// `type K . K [: verdict]`.
+fn declared_type(
+    file: &str,
+    line: usize,
+    kind: &str,
+    text: &str,
+    family: Family,
+) -> Result<(Vec<KeyType>, SetData), TemplateError> {
+    let resolved = text.replace("$addr_type", family.addr_type());
+    let (keys, data) = match resolved.split_once(':') {
+        Some((k, d)) => (k, Some(d.trim())),
+        None => (resolved.as_str(), None),
+    };
+    let key = keys
+        .split('.')
+        .map(|k| {
+            KeyType::from_nft(k.trim())
+                .filter(|k| *k != KeyType::Index)
+                .ok_or_else(|| err(file, line, format!("unknown key type {:?}", k.trim())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = match (kind, data) {
+        ("set", None) => SetData::None,
+        ("map", Some("verdict")) => SetData::Verdict,
+        _ => {
+            return Err(err(
+                file,
+                line,
+                "a set has no data type; a map of `type` maps to verdict",
+            ));
+        }
+    };
+    Ok((key, data))
+}
+
+/// `typeof E . E : $family daddr`, for maps to DNAT addresses. Key expressions: `$family daddr`,
+/// `meta l4proto`, `th dport`, `numgen random mod 1`.
+fn declared_typeof(
+    file: &str,
+    line: usize,
+    kind: &str,
+    text: &str,
+    family: Family,
+) -> Result<(Vec<KeyType>, SetData), TemplateError> {
+    let (keys, data) = text
+        .split_once(':')
+        .ok_or_else(|| err(file, line, "typeof is only for maps to `$family daddr`"))?;
+    if kind != "map" || data.trim() != "$family daddr" {
+        return Err(err(
+            file,
+            line,
+            "typeof is only for maps to `$family daddr`",
+        ));
+    }
+    let key = keys
+        .split(" . ")
+        .map(|k| match k.trim() {
+            "$family daddr" => Ok(KeyType::addr(family)),
+            "meta l4proto" => Ok(KeyType::InetProto),
+            "th dport" => Ok(KeyType::InetService),
+            "numgen random mod 1" => Ok(KeyType::Index),
+            other => Err(err(file, line, format!("unknown typeof key {other:?}"))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((key, SetData::Target(family)))
 }
 
 #[cfg(test)]
@@ -517,8 +587,18 @@ mod tests {
                 .iter()
                 .any(|(n, c)| n.as_str() == "nat-prerouting" && c.base.is_some())
         );
-        assert_eq!(t.sets.len(), 7);
-        assert_eq!(t.endpoint.rules.len(), 3);
+        assert_eq!(t.sets.len(), 12);
+        assert_eq!(t.endpoint.rules.len(), 2);
+        let endpoints = t
+            .sets
+            .iter()
+            .find(|s| s.name.as_str() == "cluster-nodeport-endpoints")
+            .unwrap();
+        assert_eq!(
+            endpoints.spec(Family::V6).to_string(),
+            "typeof meta l4proto . th dport . numgen random mod 1 : ip6 daddr ; \
+             comment \"endpoints for service chains, by NodePort and random index\" ;"
+        );
         let nat = t
             .base_chains
             .iter()

@@ -45,15 +45,16 @@ fn render(
                 value,
             } => {
                 let mut line = format!("{} {set} {key}", family.nft_name());
-                if let Some(c) = value.comment {
+                if let Some(c) = &value.comment {
                     line += &format!(" comment \"{c}\"");
                 }
-                if let Some(v) = value.verdict {
-                    line += &format!(" : {v}");
+                if let Some(data) = value.data_text() {
+                    line += &format!(" : {data}");
                 }
                 elements.push(line);
             }
-            Item::Set { .. } => panic!("services declare no sets"),
+            // Affinity sets.
+            Item::Set { .. } => {}
         }
     }
     (chains, elements)
@@ -77,36 +78,71 @@ fn a_cluster_ip_service_with_two_endpoints() {
     let (chains, elements) = render(&svc1(), &[svc1_slice()], &node(false));
     assert_eq!(
         chains,
-        vec![
-            (
-                "ip endpoint-ns1/svc1/tcp/p80__10.0.1.1/80".to_string(),
-                vec![
-                    "ip saddr 10.0.1.1 jump mark-for-masquerade".to_string(),
-                    "meta l4proto tcp dnat to 10.0.1.1:80".to_string()
-                ]
-            ),
-            (
-                "ip endpoint-ns1/svc1/tcp/p80__10.0.1.2/80".to_string(),
-                vec![
-                    "ip saddr 10.0.1.2 jump mark-for-masquerade".to_string(),
-                    "meta l4proto tcp dnat to 10.0.1.2:80".to_string()
-                ]
-            ),
-            (
-                "ip service-ns1/svc1/tcp/p80".to_string(),
-                vec![
-                    "ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade".to_string(),
-                    "numgen random mod 2 vmap { 0 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.1/80, 1 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.2/80 }".to_string()
-                ]
-            ),
-        ]
+        vec![(
+            "ip service-ns1/svc1/tcp/p80".to_string(),
+            vec![
+                "ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade".to_string(),
+                "dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @cluster-endpoints:80".to_string()
+            ]
+        )]
     );
     assert_eq!(
         elements,
         vec![
+            "ip hairpin 10.0.1.1 . 10.0.1.1",
+            "ip hairpin 10.0.1.2 . 10.0.1.2",
+            "ip cluster-endpoints 172.30.0.41 . tcp . 80 . 0 : 10.0.1.1",
+            "ip cluster-endpoints 172.30.0.41 . tcp . 80 . 1 : 10.0.1.2",
             "ip cluster-ips 172.30.0.41",
             "ip service-ips 172.30.0.41 . tcp . 80 : goto service-ns1/svc1/tcp/p80"
         ]
+    );
+}
+
+#[test]
+fn with_affinity_every_endpoint_has_a_chain() {
+    let svc = svc1().with("/spec/sessionAffinity", "ClientIP");
+    let (chains, elements) = render(&svc, &[svc1_slice()], &node(false));
+    let names: Vec<&str> = chains.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "ip endpoint-ns1/svc1/tcp/p80__10.0.1.1/80",
+            "ip endpoint-ns1/svc1/tcp/p80__10.0.1.2/80",
+            "ip service-ns1/svc1/tcp/p80"
+        ]
+    );
+    assert_eq!(
+        chains[0].1,
+        [
+            "update @affinity-ns1/svc1/tcp/p80__10.0.1.1/80 { ip saddr timeout 3h }",
+            "meta l4proto tcp dnat to 10.0.1.1:80"
+        ]
+    );
+    assert_eq!(
+        chains[2].1[1..],
+        [
+            "ip saddr @affinity-ns1/svc1/tcp/p80__10.0.1.1/80 goto endpoint-ns1/svc1/tcp/p80__10.0.1.1/80",
+            "ip saddr @affinity-ns1/svc1/tcp/p80__10.0.1.2/80 goto endpoint-ns1/svc1/tcp/p80__10.0.1.2/80",
+            "numgen random mod 2 vmap { 0 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.1/80, 1 : goto endpoint-ns1/svc1/tcp/p80__10.0.1.2/80 }"
+        ]
+    );
+    assert!(!elements.iter().any(|e| e.contains("-endpoints ")));
+}
+
+#[test]
+fn endpoints_on_different_ports_get_endpoint_chains() {
+    let other_port = SliceBuilder::new("ns1", "svc1-b", "svc1", "IPv4")
+        .port("p80", 8080, "TCP")
+        .endpoint("10.0.1.3", "node1");
+    let (chains, elements) = render(&svc1(), &[svc1_slice(), other_port], &node(false));
+    assert_eq!(chains.len(), 4, "{chains:?}");
+    assert_eq!(chains[2].1, ["meta l4proto tcp dnat to 10.0.1.3:8080"]);
+    assert!(chains[3].1[1].starts_with("numgen random mod 3 vmap { 0 : goto endpoint-"));
+    assert!(!elements.iter().any(|e| e.contains("-endpoints ")));
+    assert_eq!(
+        elements.iter().filter(|e| e.contains(" hairpin ")).count(),
+        3
     );
 }
 
@@ -132,7 +168,7 @@ fn without_a_cluster_cidr_cluster_ip_traffic_is_not_masqueraded() {
         .unwrap()
         .1;
     assert_eq!(service.len(), 1);
-    assert!(service[0].starts_with("numgen"));
+    assert!(service[0].starts_with("dnat"));
 }
 
 #[test]
@@ -157,20 +193,21 @@ fn ipv6_and_sctp() {
         .port("", 5353, "SCTP")
         .endpoint("fd00:10::1", "");
     let (chains, elements) = render(&svc, &[slice], &node(false));
-    assert_eq!(chains[0].0, "ip6 endpoint-ns/dns/sctp/__fd00.10..1/5353");
+    assert_eq!(chains.len(), 1);
+    assert_eq!(chains[0].0, "ip6 service-ns/dns/sctp/");
     assert_eq!(
-        chains[0].1[1],
-        "meta l4proto sctp dnat to [fd00:10::1]:5353"
-    );
-    assert_eq!(
-        chains[1].1.len(),
-        1,
+        chains[0].1,
+        [
+            "dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @cluster-endpoints:5353"
+        ],
         "no IPv6 cluster CIDR: no masquerade rule"
     );
-    assert_eq!(
-        elements[1],
-        "ip6 service-ips fd00:172:30::41 . sctp . 53 : goto service-ns/dns/sctp/"
-    );
+    assert!(elements.contains(
+        &"ip6 cluster-endpoints fd00:172:30::41 . sctp . 53 . 0 : fd00:10::1".to_string()
+    ));
+    assert!(elements.contains(
+        &"ip6 service-ips fd00:172:30::41 . sctp . 53 : goto service-ns/dns/sctp/".to_string()
+    ));
 }
 
 #[test]

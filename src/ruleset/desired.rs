@@ -337,6 +337,7 @@ mod tests {
             key: ElementKey::Addr("10.0.0.1".parse().unwrap()),
             value: ElementValue {
                 verdict: Some(Verdict::Goto(ChainName::new(chain).unwrap())),
+                target: None,
                 comment: None,
             },
         }

@@ -243,15 +243,19 @@ pub enum KeyType {
     Ipv6Addr,
     InetProto,
     InetService,
+    /// A 32-bit index (the result of `numgen`); declared with `typeof`.
+    Index,
 }
 
 impl KeyType {
+    /// The nft type name (`integer` for an index, which only `typeof` can declare).
     pub fn nft_name(self) -> &'static str {
         match self {
             KeyType::Ipv4Addr => "ipv4_addr",
             KeyType::Ipv6Addr => "ipv6_addr",
             KeyType::InetProto => "inet_proto",
             KeyType::InetService => "inet_service",
+            KeyType::Index => "integer",
         }
     }
 
@@ -261,10 +265,41 @@ impl KeyType {
             KeyType::Ipv6Addr,
             KeyType::InetProto,
             KeyType::InetService,
+            KeyType::Index,
         ]
         .into_iter()
         .find(|k| k.nft_name() == s)
     }
+
+    /// The expression of a `typeof` declaration with this type (destination address and port).
+    pub fn typeof_expr(self) -> &'static str {
+        match self {
+            KeyType::Ipv4Addr => "ip daddr",
+            KeyType::Ipv6Addr => "ip6 daddr",
+            KeyType::InetProto => "meta l4proto",
+            KeyType::InetService => "th dport",
+            KeyType::Index => "numgen random mod 1",
+        }
+    }
+
+    /// The address type of `family`.
+    pub fn addr(family: Family) -> KeyType {
+        match family {
+            Family::V4 => KeyType::Ipv4Addr,
+            Family::V6 => KeyType::Ipv6Addr,
+        }
+    }
+}
+
+/// What a map's elements carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SetData {
+    /// A set: nothing.
+    None,
+    /// A verdict map.
+    Verdict,
+    /// A DNAT map: an address of the family (the rule gives the port).
+    Target(Family),
 }
 
 /// A set flag we use.
@@ -291,11 +326,11 @@ impl SetFlag {
     }
 }
 
-/// The declaration of a set (no data type) or map (verdict data).
+/// The declaration of a set or map.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SetSpec {
     pub key: Vec<KeyType>,
-    pub verdict_map: bool,
+    pub data: SetData,
     /// Sorted, without duplicates.
     pub flags: Vec<SetFlag>,
     pub comment: Option<String>,
@@ -304,7 +339,16 @@ pub struct SetSpec {
 impl SetSpec {
     /// `set` or `map`.
     pub fn keyword(&self) -> &'static str {
-        if self.verdict_map { "map" } else { "set" }
+        if self.data == SetData::None {
+            "set"
+        } else {
+            "map"
+        }
+    }
+
+    /// Declared with `typeof` (target maps: nft has no type name for a `numgen` index).
+    pub fn uses_typeof(&self) -> bool {
+        matches!(self.data, SetData::Target(_)) || self.key.contains(&KeyType::Index)
     }
 
     /// Whether a set read from the kernel is this one. `nft -j` does not report the `dynamic`
@@ -318,7 +362,7 @@ impl SetSpec {
                 .collect()
         };
         self.key == kernel.key
-            && self.verdict_map == kernel.verdict_map
+            && self.data == kernel.data
             && self.comment == kernel.comment
             && significant(self) == significant(kernel)
     }
@@ -326,15 +370,18 @@ impl SetSpec {
 
 impl fmt::Display for SetSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("type ")?;
+        let typed = self.uses_typeof();
+        f.write_str(if typed { "typeof " } else { "type " })?;
         for (i, k) in self.key.iter().enumerate() {
             if i > 0 {
                 f.write_str(" . ")?;
             }
-            f.write_str(k.nft_name())?;
+            f.write_str(if typed { k.typeof_expr() } else { k.nft_name() })?;
         }
-        if self.verdict_map {
-            f.write_str(" : verdict")?;
+        match self.data {
+            SetData::None => {}
+            SetData::Verdict => f.write_str(" : verdict")?,
+            SetData::Target(family) => write!(f, " : {} daddr", family.nft_name())?,
         }
         f.write_str(" ;")?;
         if !self.flags.is_empty() {
@@ -360,21 +407,27 @@ pub enum ElementKey {
     Addr(IpAddr),
     AddrProtoPort(IpAddr, Protocol, u16),
     ProtoPort(Protocol, u16),
+    /// A destination and the index of an endpoint among the service port's endpoints.
+    AddrProtoPortIndex(IpAddr, Protocol, u16, u32),
+    ProtoPortIndex(Protocol, u16, u32),
+    /// Source and destination address.
+    AddrPair(IpAddr, IpAddr),
 }
 
 impl ElementKey {
     /// Whether this key fits a set declared with `key`.
     pub fn fits(&self, key: &[KeyType]) -> bool {
-        let addr_ok = |a: &IpAddr, t: &KeyType| match a {
-            IpAddr::V4(_) => *t == KeyType::Ipv4Addr,
-            IpAddr::V6(_) => *t == KeyType::Ipv6Addr,
-        };
+        use KeyType::{Index, InetProto, InetService};
+        let addr_ok = |a: &IpAddr, t: &KeyType| *t == KeyType::addr(Family::of(a));
         match (self, key) {
             (ElementKey::Addr(a), [t]) => addr_ok(a, t),
-            (ElementKey::AddrProtoPort(a, _, _), [t, KeyType::InetProto, KeyType::InetService]) => {
+            (ElementKey::AddrProtoPort(a, _, _), [t, InetProto, InetService]) => addr_ok(a, t),
+            (ElementKey::ProtoPort(_, _), [InetProto, InetService]) => true,
+            (ElementKey::AddrProtoPortIndex(a, ..), [t, InetProto, InetService, Index]) => {
                 addr_ok(a, t)
             }
-            (ElementKey::ProtoPort(_, _), [KeyType::InetProto, KeyType::InetService]) => true,
+            (ElementKey::ProtoPortIndex(..), [InetProto, InetService, Index]) => true,
+            (ElementKey::AddrPair(a, b), [t, u]) => addr_ok(a, t) && addr_ok(b, u),
             _ => false,
         }
     }
@@ -386,6 +439,9 @@ impl fmt::Display for ElementKey {
             ElementKey::Addr(a) => write!(f, "{a}"),
             ElementKey::AddrProtoPort(a, p, n) => write!(f, "{a} . {p} . {n}"),
             ElementKey::ProtoPort(p, n) => write!(f, "{p} . {n}"),
+            ElementKey::AddrProtoPortIndex(a, p, n, i) => write!(f, "{a} . {p} . {n} . {i}"),
+            ElementKey::ProtoPortIndex(p, n, i) => write!(f, "{p} . {n} . {i}"),
+            ElementKey::AddrPair(a, b) => write!(f, "{a} . {b}"),
         }
     }
 }
@@ -453,7 +509,20 @@ name_fmt!(Comment);
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ElementValue {
     pub verdict: Option<Verdict>,
+    /// The DNAT address of a target map's element.
+    pub target: Option<IpAddr>,
     pub comment: Option<Comment>,
+}
+
+impl ElementValue {
+    /// The data part as nft writes it after ` : ` (a verdict, or `address . port`).
+    pub fn data_text(&self) -> Option<String> {
+        match (&self.verdict, &self.target) {
+            (Some(v), _) => Some(v.to_string()),
+            (None, Some(t)) => Some(t.to_string()),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Identifies one object of a table, for scoping a diff to what changed.

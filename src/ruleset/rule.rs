@@ -46,10 +46,12 @@ pub enum Slot {
     PolicyChain,
     /// Source prefixes allowed through a firewall chain.
     AllowedSources,
+    /// The port all of a service port's endpoints listen on.
+    TargetPort,
 }
 
 impl Slot {
-    pub const ALL: [Slot; 17] = [
+    pub const ALL: [Slot; 18] = [
         Slot::Family,
         Slot::AddrType,
         Slot::Mark,
@@ -67,6 +69,7 @@ impl Slot {
         Slot::ClusterChain,
         Slot::PolicyChain,
         Slot::AllowedSources,
+        Slot::TargetPort,
     ];
 
     /// The spelling in templates, without the `$`.
@@ -89,6 +92,7 @@ impl Slot {
             Slot::ClusterChain => "cluster_chain",
             Slot::PolicyChain => "policy_chain",
             Slot::AllowedSources => "allowed_sources",
+            Slot::TargetPort => "target_port",
         }
     }
 
@@ -115,6 +119,7 @@ impl Slot {
                 | (Slot::AffinitySet, Value::Set(_))
                 | (Slot::AffinityTimeout, Value::Seconds(_))
                 | (Slot::AllowedSources, Value::Cidrs(_))
+                | (Slot::TargetPort, Value::Port(_))
         )
     }
 }
@@ -138,6 +143,7 @@ pub enum Value {
     /// Prefixes written as an anonymous set `{ a, b }`, or bare when there is one (host prefixes
     /// as plain addresses).
     Cidrs(Arc<[Cidr]>),
+    Port(u16),
 }
 
 impl Value {
@@ -152,6 +158,7 @@ impl Value {
             (_, Value::SocketAddr(s)) => write!(out, "{s}"),
             (_, Value::Protocol(p)) => out.write_str(p.nft_name()),
             (_, Value::Count(n)) => write!(out, "{n}"),
+            (_, Value::Port(n)) => write!(out, "{n}"),
             (_, Value::Chain(c)) => write!(out, "{c}"),
             (_, Value::Set(s)) => write!(out, "{s}"),
             (_, Value::Seconds(secs)) => write_duration(*secs, out),

@@ -1,7 +1,7 @@
 //! A packet tracer over a rendered [`Ruleset`], for unit tests: it follows a new connection's
-//! first packet through our chains the way the kernel would (pre-DNAT filter, NAT, post-DNAT
-//! filter), exploring every branch of a random endpoint choice, and reports the endpoints reached
-//! and whether the packet was marked for masquerading, or REJECT / DROP. It understands exactly
+//! first packet through our chains the way the kernel would (pre-DNAT filter, DNAT, post-DNAT
+//! filter, SNAT), exploring every branch of a random endpoint choice, and reports the endpoints
+//! reached and whether the packet was masqueraded, or REJECT / DROP. It understands exactly
 //! the rule forms our templates produce and fails loudly on anything else, like upstream's
 //! tracer, so plan and render decisions are checked without a kernel.
 
@@ -43,6 +43,7 @@ enum End {
     Drop,
     Reject,
     Dnat(SocketAddr),
+    Masquerade,
 }
 
 #[derive(Clone, Debug)]
@@ -97,13 +98,16 @@ impl<'a> Tracer<'a> {
             })
             .collect();
         if !endpoints.is_empty() {
+            let masquerades: Vec<bool> = paths
+                .iter()
+                .map(|p| match p.end {
+                    End::Dnat(to) => self.masquerades(&packet, to, p.masquerade),
+                    _ => panic!("some branches not DNATed: {paths:?}"),
+                })
+                .collect();
+            let masquerade = masquerades[0];
             assert!(
-                paths.iter().all(|p| matches!(p.end, End::Dnat(_))),
-                "some branches not DNATed: {paths:?}"
-            );
-            let masquerade = paths[0].masquerade;
-            assert!(
-                paths.iter().all(|p| p.masquerade == masquerade),
+                masquerades.iter().all(|m| *m == masquerade),
                 "branches disagree on masquerading"
             );
             return Outcome::Reached {
@@ -126,6 +130,19 @@ impl<'a> Tracer<'a> {
             }
         }
         Outcome::Untouched
+    }
+
+    /// Whether SNAT (`nat-postrouting`) masquerades `packet` once DNATed to `to`, given whether
+    /// it was marked for masquerading before.
+    fn masquerades(&self, packet: &Packet, to: SocketAddr, marked: bool) -> bool {
+        let after = Packet {
+            dst: to.ip(),
+            port: to.port(),
+            ..*packet
+        };
+        self.run("nat-postrouting", &after, marked)
+            .iter()
+            .any(|p| p.end == End::Masquerade)
     }
 
     fn chain(&self, name: &str) -> Vec<String> {
@@ -210,6 +227,58 @@ impl<'a> Tracer<'a> {
                     let key = ElementKey::ProtoPort(packet.protocol, packet.port);
                     return self.vmap(map, &key, masquerade);
                 }
+                [f, "saddr", ".", g, "daddr", set, ..] if *f == fam && *g == fam => {
+                    let name =
+                        SetName::new(set.trim_start_matches('@')).unwrap_or_else(|e| panic!("{e}"));
+                    let key = ElementKey::AddrPair(packet.src, packet.dst);
+                    if self.ruleset.element(self.family, &name, &key).is_none() {
+                        return vec![Step::Next(masquerade)];
+                    }
+                    i += 6;
+                }
+                [
+                    "dnat",
+                    "to",
+                    f,
+                    "daddr",
+                    ".",
+                    "meta",
+                    "l4proto",
+                    ".",
+                    "th",
+                    "dport",
+                    ".",
+                    "numgen",
+                    "random",
+                    "mod",
+                    n,
+                    "map",
+                    target,
+                ] if *f == fam => {
+                    let key = |i| {
+                        ElementKey::AddrProtoPortIndex(packet.dst, packet.protocol, packet.port, i)
+                    };
+                    return self.dnat_map(target, n, key, masquerade);
+                }
+                [
+                    "dnat",
+                    "to",
+                    "meta",
+                    "l4proto",
+                    ".",
+                    "th",
+                    "dport",
+                    ".",
+                    "numgen",
+                    "random",
+                    "mod",
+                    n,
+                    "map",
+                    target,
+                ] => {
+                    let key = |i| ElementKey::ProtoPortIndex(packet.protocol, packet.port, i);
+                    return self.dnat_map(target, n, key, masquerade);
+                }
                 [f, dir @ ("saddr" | "daddr"), rest @ ..] if *f == fam => {
                     let addr = if *dir == "saddr" {
                         packet.src
@@ -256,6 +325,17 @@ impl<'a> Tracer<'a> {
                         .collect();
                 }
                 ["meta", "mark", "set", "meta", "mark", "|", _] => return vec![Step::Next(true)],
+                ["meta", "mark", "&", _, "==", "0x00000000", "return"] => {
+                    return if masquerade {
+                        vec![Step::Next(masquerade)]
+                    } else {
+                        vec![Step::End(End::Return, masquerade)]
+                    };
+                }
+                ["meta", "mark", "set", "meta", "mark", "^", _] => return vec![Step::Next(false)],
+                ["masquerade", "fully-random"] => {
+                    return vec![Step::End(End::Masquerade, masquerade)];
+                }
                 ["update", ..] => return vec![Step::Next(masquerade)],
                 ["jump", target] => return vec![Step::Jump(target.to_string(), masquerade)],
                 ["goto", target] => return vec![Step::Goto(target.to_string(), masquerade)],
@@ -293,6 +373,46 @@ impl<'a> Tracer<'a> {
             [value, ..] => (prefix_contains(value, addr), 1),
             [] => panic!("missing value"),
         }
+    }
+
+    /// `dnat to … numgen random mod N map @set:PORT`: one branch per index, DNATed to its
+    /// element's address and the port; no element at all means the lookup fails and the rule
+    /// does nothing.
+    fn dnat_map(
+        &self,
+        target: &str,
+        modulus: &str,
+        key: impl Fn(u32) -> ElementKey,
+        masquerade: bool,
+    ) -> Vec<Step> {
+        let (set, port) = target
+            .trim_start_matches('@')
+            .split_once(':')
+            .unwrap_or_else(|| panic!("bad map target {target}"));
+        let port: u16 = port
+            .parse()
+            .unwrap_or_else(|_| panic!("bad port in {target}"));
+        let name = SetName::new(set).unwrap_or_else(|e| panic!("{e}"));
+        let n: u32 = modulus
+            .parse()
+            .unwrap_or_else(|_| panic!("bad modulus {modulus}"));
+        let targets: Vec<Option<IpAddr>> = (0..n)
+            .map(|i| {
+                self.ruleset
+                    .element(self.family, &name, &key(i))
+                    .and_then(|v| v.target)
+            })
+            .collect();
+        if targets.iter().all(Option::is_none) {
+            return vec![Step::Next(masquerade)];
+        }
+        targets
+            .into_iter()
+            .map(|t| {
+                let to = t.unwrap_or_else(|| panic!("{set}: an index below {n} has no endpoint"));
+                Step::End(End::Dnat(SocketAddr::new(to, port)), masquerade)
+            })
+            .collect()
     }
 
     fn vmap(&self, map: &str, key: &ElementKey, masquerade: bool) -> Vec<Step> {

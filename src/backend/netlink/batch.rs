@@ -18,8 +18,8 @@ use crate::diff::{Op, Transaction};
 use crate::model::{Cidr, Family};
 use crate::ruleset::rule::{Rule, RuleShape};
 use crate::ruleset::{
-    BaseChain, ChainName, ChainType, ElementKey, ElementValue, Hook, KeyType, SetFlag, SetName,
-    SetSpec, TABLE_NAME, Verdict,
+    BaseChain, ChainName, ChainType, ElementKey, ElementValue, Hook, KeyType, SetData, SetFlag,
+    SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 /// Elements per message: keeps the nested element list well under the 64 KiB attribute limit.
@@ -40,6 +40,7 @@ const ELEM_INTERVAL_END: u32 = 0x1;
 /// nft's data type numbers (`enum datatypes`), concatenated 6 bits apart in set keys.
 pub fn key_type_number(k: KeyType) -> u32 {
     match k {
+        KeyType::Index => 4,
         KeyType::Ipv4Addr => 7,
         KeyType::Ipv6Addr => 8,
         KeyType::InetProto => 12,
@@ -47,9 +48,16 @@ pub fn key_type_number(k: KeyType) -> u32 {
     }
 }
 
+/// The data type number and length of a DNAT map's address data.
+pub fn target_type(family: Family) -> (u32, u32) {
+    let addr = KeyType::addr(family);
+    (key_type_number(addr), key_component_len(addr) as u32)
+}
+
 /// Bytes of one key component (before padding to 4).
 pub fn key_component_len(k: KeyType) -> usize {
     match k {
+        KeyType::Index => 4,
         KeyType::Ipv4Addr => 4,
         KeyType::Ipv6Addr => 16,
         KeyType::InetProto => 1,
@@ -73,10 +81,18 @@ const BYTEORDER_INVALID: u32 = 0;
 const BYTEORDER_HOST: u32 = 1;
 const BYTEORDER_BIG: u32 = 2;
 
-/// nft's expression kinds in "typeof" udata: payload, verdict, concatenation.
-const EXPR_PAYLOAD: u32 = 7;
+/// nft's expression kinds in "typeof" udata.
 const EXPR_VERDICT: u32 = 1;
+const EXPR_PAYLOAD: u32 = 7;
+const EXPR_META: u32 = 9;
 const EXPR_CONCAT: u32 = 13;
+const EXPR_NUMGEN: u32 = 23;
+/// nft's protocol descriptions and header fields in payload typeof records.
+const PROTO_TH: u32 = 11;
+const PROTO_IP: u32 = 12;
+const PROTO_IP6: u32 = 13;
+const TH_DPORT: u32 = 2;
+const META_L4PROTO: u32 = 16;
 
 fn host(v: u32) -> [u8; 4] {
     v.to_ne_bytes()
@@ -343,7 +359,7 @@ impl Encoder<'_> {
         w.string(1, TABLE_NAME); // NFTA_SET_TABLE
         w.string(2, name.as_str()); // NFTA_SET_NAME
         let mut flags = 0;
-        if spec.verdict_map {
+        if spec.data != SetData::None {
             flags |= SET_MAP;
         }
         for f in &spec.flags {
@@ -364,9 +380,17 @@ impl Encoder<'_> {
             .sum();
         w.u32(4, key_type); // NFTA_SET_KEY_TYPE
         w.u32(5, key_len as u32); // NFTA_SET_KEY_LEN
-        if spec.verdict_map {
-            w.u32(6, DATA_VERDICT); // NFTA_SET_DATA_TYPE
-            w.u32(7, 0); // NFTA_SET_DATA_LEN
+        match spec.data {
+            SetData::None => {}
+            SetData::Verdict => {
+                w.u32(6, DATA_VERDICT); // NFTA_SET_DATA_TYPE
+                w.u32(7, 0); // NFTA_SET_DATA_LEN
+            }
+            SetData::Target(family) => {
+                let (data_type, data_len) = target_type(family);
+                w.u32(6, data_type);
+                w.u32(7, data_len);
+            }
         }
         let id = self.ids.allocate();
         w.u32(10, id); // NFTA_SET_ID
@@ -439,26 +463,82 @@ impl Encoder<'_> {
 fn named_set_udata(spec: &SetSpec) -> Vec<u8> {
     use set_udata::*;
     let concat = spec.key.len() > 1;
-    let key_order = if concat {
-        BYTEORDER_INVALID
-    } else {
-        BYTEORDER_BIG
-    };
-    let mut tlvs: Vec<(u8, Vec<u8>)> = vec![(KEY_BYTEORDER, host(key_order).to_vec())];
-    if spec.verdict_map {
-        tlvs.push((DATA_BYTEORDER, host(BYTEORDER_INVALID).to_vec()));
-    }
-    if concat {
-        tlvs.push((KEY_TYPEOF, typeof_udata(EXPR_CONCAT, &[])));
-    }
-    if spec.verdict_map {
-        tlvs.push((DATA_INTERVAL, host(0).to_vec()));
+    let mut tlvs: Vec<(u8, Vec<u8>)> = Vec::new();
+    match spec.data {
+        SetData::Target(family) => {
+            // Declared with typeof: the key and data expressions are recorded.
+            let key: Vec<Vec<u8>> = spec.key.iter().map(|k| key_typeof_of(*k)).collect();
+            let key_order = if concat {
+                BYTEORDER_INVALID
+            } else {
+                BYTEORDER_BIG
+            };
+            tlvs.push((KEY_BYTEORDER, host(key_order).to_vec()));
+            tlvs.push((DATA_BYTEORDER, host(BYTEORDER_BIG).to_vec()));
+            let key_typeof = if concat {
+                concat_typeof(&key)
+            } else {
+                key.concat()
+            };
+            tlvs.push((KEY_TYPEOF, key_typeof));
+            tlvs.push((DATA_TYPEOF, key_typeof_of(KeyType::addr(family))));
+            tlvs.push((DATA_INTERVAL, host(0).to_vec()));
+        }
+        SetData::Verdict | SetData::None => {
+            let key_order = if concat {
+                BYTEORDER_INVALID
+            } else {
+                BYTEORDER_BIG
+            };
+            let verdicts = spec.data == SetData::Verdict;
+            tlvs.push((KEY_BYTEORDER, host(key_order).to_vec()));
+            if verdicts {
+                tlvs.push((DATA_BYTEORDER, host(BYTEORDER_INVALID).to_vec()));
+            }
+            if concat {
+                tlvs.push((KEY_TYPEOF, typeof_udata(EXPR_CONCAT, &[])));
+            }
+            if verdicts {
+                tlvs.push((DATA_INTERVAL, host(0).to_vec()));
+            }
+        }
     }
     if let Some(c) = &spec.comment {
         tlvs.push((COMMENT, cstring(c)));
     }
     let refs: Vec<(u8, &[u8])> = tlvs.iter().map(|(k, v)| (*k, v.as_slice())).collect();
     udata(&refs)
+}
+
+/// The typeof record of the expression a typeof declaration uses for `k`.
+fn key_typeof_of(k: KeyType) -> Vec<u8> {
+    let fields = |list: &[u32]| -> Vec<u8> {
+        let values: Vec<[u8; 4]> = list.iter().map(|v| host(*v)).collect();
+        let tlvs: Vec<(u8, &[u8])> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as u8, v.as_slice()))
+            .collect();
+        udata(&tlvs)
+    };
+    match k {
+        KeyType::Ipv4Addr => payload_typeof(Family::V4, false),
+        KeyType::Ipv6Addr => payload_typeof(Family::V6, false),
+        KeyType::InetProto => typeof_udata(EXPR_META, &fields(&[META_L4PROTO])),
+        KeyType::InetService => typeof_udata(EXPR_PAYLOAD, &fields(&[PROTO_TH, TH_DPORT])),
+        // numgen random (1) mod 1, offset 0.
+        KeyType::Index => typeof_udata(EXPR_NUMGEN, &fields(&[1, 1, 0])),
+    }
+}
+
+/// The typeof record of a concatenation.
+fn concat_typeof(parts: &[Vec<u8>]) -> Vec<u8> {
+    let tlvs: Vec<(u8, &[u8])> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i as u8, p.as_slice()))
+        .collect();
+    typeof_udata(EXPR_CONCAT, &udata(&tlvs))
 }
 
 fn write_base_chain(w: &mut Writer, base: &BaseChain) {
@@ -491,9 +571,9 @@ fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
     }
 }
 
-/// A key as the kernel stores it: each component padded to 4 bytes.
+/// A key as the kernel stores it: each component padded to 4 bytes (an index in host order).
 pub fn key_bytes(key: &ElementKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24);
+    let mut out = Vec::with_capacity(36);
     let proto_port = |out: &mut Vec<u8>, proto: u8, port: u16| {
         out.extend_from_slice(&[proto, 0, 0, 0]);
         out.extend_from_slice(&port.to_be_bytes());
@@ -506,6 +586,19 @@ pub fn key_bytes(key: &ElementKey) -> Vec<u8> {
             proto_port(&mut out, p.ip_number(), *n);
         }
         ElementKey::ProtoPort(p, n) => proto_port(&mut out, p.ip_number(), *n),
+        ElementKey::AddrProtoPortIndex(a, p, n, i) => {
+            out.extend(addr_bytes(a));
+            proto_port(&mut out, p.ip_number(), *n);
+            out.extend_from_slice(&host(*i));
+        }
+        ElementKey::ProtoPortIndex(p, n, i) => {
+            proto_port(&mut out, p.ip_number(), *n);
+            out.extend_from_slice(&host(*i));
+        }
+        ElementKey::AddrPair(a, b) => {
+            out.extend(addr_bytes(a));
+            out.extend(addr_bytes(b));
+        }
     }
     out
 }
@@ -543,6 +636,8 @@ fn write_element(w: &mut Writer, key: &ElementKey, value: Option<&ElementValue>)
     if let Some(value) = value {
         if let Some(v) = &value.verdict {
             write_verdict(w, v);
+        } else if let Some(t) = &value.target {
+            write_key(w, 2, &addr_bytes(t)); // NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE }
         }
         if let Some(c) = &value.comment {
             w.bytes(6, &udata(&[(0, &cstring(c.as_str()))])); // NFTA_SET_ELEM_USERDATA
@@ -553,11 +648,12 @@ fn write_element(w: &mut Writer, key: &ElementKey, value: Option<&ElementValue>)
 
 /// The typeof udata of `ip|ip6 saddr|daddr` (nft's payload description and field numbers).
 fn payload_typeof(family: Family, saddr: bool) -> Vec<u8> {
+    // IPv4: saddr 11, daddr 12; IPv6: saddr 8, daddr 9 (nft's header field numbers).
     let (proto, field) = match (family, saddr) {
-        (Family::V4, true) => (12, 11),
-        (Family::V4, false) => (12, 12),
-        (Family::V6, true) => (13, 8),
-        (Family::V6, false) => (13, 9),
+        (Family::V4, true) => (PROTO_IP, 11),
+        (Family::V4, false) => (PROTO_IP, 12),
+        (Family::V6, true) => (PROTO_IP6, 8),
+        (Family::V6, false) => (PROTO_IP6, 9),
     };
     let fields = udata(&[(0, &host(proto)), (1, &host(field))]);
     typeof_udata(EXPR_PAYLOAD, &fields)
@@ -769,7 +865,7 @@ mod tests {
     fn set_udata_follows_nft() {
         let spec = SetSpec {
             key: vec![KeyType::Ipv4Addr, KeyType::InetProto, KeyType::InetService],
-            verdict_map: true,
+            data: SetData::Verdict,
             flags: vec![],
             comment: Some("m".into()),
         };

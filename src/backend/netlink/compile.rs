@@ -49,6 +49,8 @@ enum Match {
     },
     /// `meta l4proto P` before a dnat.
     L4Proto(Operand),
+    /// `$family saddr . $family daddr @set`.
+    AddrPairSet(Operand),
     /// `meta mark & MASK == VALUE`.
     MarkEquals {
         mask: Operand,
@@ -78,6 +80,13 @@ enum Stmt {
     Masquerade,
     Reject,
     Dnat(Operand),
+    /// `dnat to [$family daddr .] meta l4proto . th dport . numgen random mod N map @set:PORT`.
+    DnatMap {
+        with_addr: bool,
+        count: Operand,
+        set: Operand,
+        port: Operand,
+    },
     /// `update @SET { $family saddr timeout T }`.
     Update {
         set: Operand,
@@ -237,6 +246,15 @@ impl<'a> Parser<'a> {
                     field: Field::Daddr,
                 });
             } else if self.is_family(0)
+                && self.field(1) == Some(Field::Saddr)
+                && self.word(2) == Some(".")
+            {
+                if !(self.is_family(3) && self.word(4) == Some("daddr")) {
+                    return Err(self.fail("a concatenation other than saddr . daddr"));
+                }
+                self.at += 5;
+                matches.push(Match::AddrPairSet(self.set_ref()?));
+            } else if self.is_family(0)
                 && self.field(1) == Some(Field::Daddr)
                 && self.word(2) == Some(".")
             {
@@ -342,6 +360,40 @@ impl<'a> Parser<'a> {
             Some("masquerade") if self.word(1) == Some("fully-random") => {
                 self.at += 2;
                 Stmt::Masquerade
+            }
+            Some("dnat")
+                if self.word(1) == Some("to")
+                    && (self.is_family(2) || self.word(2) == Some("meta")) =>
+            {
+                self.at += 2;
+                let with_addr =
+                    self.is_family(0) && self.word(1) == Some("daddr") && self.word(2) == Some(".");
+                if with_addr {
+                    self.at += 3;
+                }
+                let key = [
+                    "meta", "l4proto", ".", "th", "dport", ".", "numgen", "random", "mod",
+                ];
+                if !self.words(&key) {
+                    return Err(self.fail("meta l4proto . th dport . numgen random mod N"));
+                }
+                self.at += key.len();
+                let count = self.operand()?;
+                // `map @set:` then the port.
+                let set = match (self.word(0), self.word(1)) {
+                    (Some("map"), Some(w)) if w.starts_with('@') && w.ends_with(':') => {
+                        Operand::Literal(w[1..w.len() - 1].to_string())
+                    }
+                    _ => return Err(self.fail("map @set:port")),
+                };
+                self.at += 2;
+                let port = self.operand()?;
+                Stmt::DnatMap {
+                    with_addr,
+                    count,
+                    set,
+                    port,
+                }
             }
             Some("dnat") if self.word(1) == Some("to") => {
                 self.at += 2;
@@ -451,6 +503,23 @@ fn addr_offset(family: Family, field: Field) -> u32 {
         (Family::V4, Field::Daddr) => 16,
         (Family::V6, Field::Saddr) => 8,
         (Family::V6, Field::Daddr) => 24,
+    }
+}
+
+/// nft's register for 32-bit slot `k` of a concatenation starting at register 1: a 16-byte
+/// register where the slot starts one, else the 4-byte register.
+fn slot_reg(k: u32) -> u32 {
+    if k.is_multiple_of(4) {
+        REG_1 + k / 4
+    } else {
+        REG32_00 + k
+    }
+}
+
+fn nat_family(family: Family) -> u32 {
+    match family {
+        Family::V4 => 2,
+        Family::V6 => 10,
     }
 }
 
@@ -598,6 +667,28 @@ impl Program {
                         data: host_u32(*value),
                     });
                 }
+                Match::AddrPairSet(set) => {
+                    let len = addr_len(family);
+                    exprs.push(Expr::Payload {
+                        dreg: REG_1,
+                        base: Base::Network,
+                        offset: addr_offset(family, Field::Saddr),
+                        len,
+                    });
+                    exprs.push(Expr::Payload {
+                        dreg: slot_reg(len / 4),
+                        base: Base::Network,
+                        offset: addr_offset(family, Field::Daddr),
+                        len,
+                    });
+                    exprs.push(Expr::Lookup {
+                        set: self.name(args, set)?,
+                        set_id: None,
+                        sreg: REG_1,
+                        dreg: None,
+                        invert: false,
+                    });
+                }
                 Match::Addr {
                     field,
                     negate,
@@ -666,8 +757,7 @@ impl Program {
                 exprs.push(Expr::Verdict(v));
             }
             Stmt::ConcatVmap { with_addr, set } => {
-                let mut next = REG_1;
-                let mut used = 0;
+                let mut slot = 0;
                 if *with_addr {
                     let len = addr_len(family);
                     exprs.push(Expr::Payload {
@@ -676,16 +766,14 @@ impl Program {
                         offset: addr_offset(family, Field::Daddr),
                         len,
                     });
-                    used = len / 4;
-                    next = REG32_00 + used;
+                    slot = len / 4;
                 }
                 exprs.push(Expr::MetaLoad {
-                    dreg: next,
+                    dreg: slot_reg(slot),
                     key: 16,
                 });
-                used += 1;
                 exprs.push(Expr::Payload {
-                    dreg: REG32_00 + used,
+                    dreg: slot_reg(slot + 1),
                     base: Base::Transport,
                     offset: 2,
                     len: 2,
@@ -766,12 +854,66 @@ impl Program {
                     data: to.port().to_be_bytes().to_vec(),
                 });
                 exprs.push(Expr::Dnat {
-                    family: match family {
-                        Family::V4 => 2,
-                        Family::V6 => 10,
-                    },
+                    family: nat_family(family),
                     reg_addr: REG_1,
                     reg_proto: proto_reg,
+                    proto_flag: true,
+                });
+            }
+            Stmt::DnatMap {
+                with_addr,
+                count,
+                set,
+                port,
+            } => {
+                // The key is laid out in 32-bit slots from register 1: [address .] protocol .
+                // port . index; the endpoint's address comes back into register 1, the port
+                // goes into register 2.
+                let mut slot = 0;
+                if *with_addr {
+                    let len = addr_len(family);
+                    exprs.push(Expr::Payload {
+                        dreg: REG_1,
+                        base: Base::Network,
+                        offset: addr_offset(family, Field::Daddr),
+                        len,
+                    });
+                    slot = len / 4;
+                }
+                exprs.push(Expr::MetaLoad {
+                    dreg: slot_reg(slot),
+                    key: 16,
+                });
+                exprs.push(Expr::Payload {
+                    dreg: slot_reg(slot + 1),
+                    base: Base::Transport,
+                    offset: 2,
+                    len: 2,
+                });
+                exprs.push(Expr::Numgen {
+                    dreg: slot_reg(slot + 2),
+                    modulus: self.number(args, count)?,
+                });
+                exprs.push(Expr::Lookup {
+                    set: self.name(args, set)?,
+                    set_id: None,
+                    sreg: REG_1,
+                    dreg: Some(REG_1),
+                    invert: false,
+                });
+                let port = match self.value(args, port)? {
+                    Some(Value::Port(p)) => *p,
+                    other => return Err(self.err(format!("expected a port, got {other:?}"))),
+                };
+                exprs.push(Expr::Immediate {
+                    dreg: REG_1 + 1,
+                    data: port.to_be_bytes().to_vec(),
+                });
+                exprs.push(Expr::Dnat {
+                    family: nat_family(family),
+                    reg_addr: REG_1,
+                    reg_proto: REG_1 + 1,
+                    proto_flag: true,
                 });
             }
             Stmt::Update { set, timeout } => {

@@ -102,10 +102,13 @@ pub enum Expr {
         dreg: u32,
         modulus: u32,
     },
+    /// DNAT to the address in `reg_addr` and port in `reg_proto`; `proto_flag` sends the
+    /// "port given" flag (nft sends it for a literal target, not for a map's).
     Dnat {
         family: u32,
         reg_addr: u32,
         reg_proto: u32,
+        proto_flag: bool,
     },
     /// `masquerade fully-random`.
     MasqueradeFullyRandom,
@@ -236,12 +239,15 @@ impl Expr {
                 family,
                 reg_addr,
                 reg_proto,
+                proto_flag,
             } => {
                 w.u32(1, 1); // NFTA_NAT_TYPE: NFT_NAT_DNAT
                 w.u32(2, *family);
                 w.u32(3, *reg_addr);
                 w.u32(5, *reg_proto);
-                w.u32(7, 0x2); // NFTA_NAT_FLAGS: NF_NAT_RANGE_PROTO_SPECIFIED
+                if *proto_flag {
+                    w.u32(7, 0x2); // NFTA_NAT_FLAGS: NF_NAT_RANGE_PROTO_SPECIFIED
+                }
             }
             Expr::MasqueradeFullyRandom => {
                 w.u32(1, 0x10); // NFTA_MASQ_FLAGS: NF_NAT_RANGE_PROTO_RANDOM_FULLY

@@ -8,7 +8,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::batch::{
-    DATA_VERDICT, SET_ANONYMOUS, SET_EVAL, SET_MAP, SET_TIMEOUT, key_component_len, key_type_number,
+    DATA_VERDICT, SET_ANONYMOUS, SET_EVAL, SET_MAP, SET_TIMEOUT, key_component_len,
+    key_type_number, target_type,
 };
 use super::socket::NfSocket;
 use super::wire::{
@@ -18,7 +19,7 @@ use crate::model::{Family, Protocol};
 use crate::ruleset::kernel::{ChainContent, KernelChain, KernelSet, KernelTable};
 use crate::ruleset::{
     BaseChain, ChainName, ChainType, Comment, Digest, ElementKey, ElementValue, Hook, KeyType,
-    SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
+    SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 const ENOENT: i32 = 2;
@@ -244,10 +245,23 @@ fn set_spec(m: &Message<'_>, flags: u32) -> Option<SetSpec> {
     if attr(m, 5)?.as_u32()? as usize != key_len {
         return None;
     }
-    let verdict_map = flags & SET_MAP != 0;
-    if verdict_map && attr(m, 6)?.as_u32()? != DATA_VERDICT {
-        return None;
-    }
+    let data = if flags & SET_MAP == 0 {
+        SetData::None
+    } else {
+        let data_type = attr(m, 6)?.as_u32()?;
+        let data_len = attr(m, 7).and_then(|a| a.as_u32());
+        let target =
+            |f: Family| (data_type, data_len) == (target_type(f).0, Some(target_type(f).1));
+        if data_type == DATA_VERDICT {
+            SetData::Verdict
+        } else if target(Family::V4) {
+            SetData::Target(Family::V4)
+        } else if target(Family::V6) {
+            SetData::Target(Family::V6)
+        } else {
+            return None;
+        }
+    };
     let mut set_flags = Vec::new();
     if flags & SET_EVAL != 0 {
         set_flags.push(SetFlag::Dynamic);
@@ -258,7 +272,7 @@ fn set_spec(m: &Message<'_>, flags: u32) -> Option<SetSpec> {
     set_flags.sort();
     Some(SetSpec {
         key,
-        verdict_map,
+        data,
         flags: set_flags,
         comment: attr(m, 13).and_then(|u| udata_comment(u.data, 7)),
     })
@@ -271,6 +285,7 @@ fn key_types(mut number: u32) -> Option<Vec<KeyType>> {
         KeyType::Ipv6Addr,
         KeyType::InetProto,
         KeyType::InetService,
+        KeyType::Index,
     ];
     let mut out = Vec::new();
     while number != 0 {
@@ -287,7 +302,7 @@ fn unrecognised_set() -> KernelSet {
     KernelSet {
         spec: SetSpec {
             key: Vec::new(),
-            verdict_map: false,
+            data: SetData::None,
             flags: Vec::new(),
             comment: None,
         },
@@ -303,17 +318,39 @@ fn element(item: &Attr<'_>, spec: &SetSpec) -> Option<(ElementKey, ElementValue)
     }
     let key_bytes = nested(&nested(item, 1)?, 1)?.data;
     let key = decode_key(key_bytes, &spec.key)?;
-    let verdict = match nested(item, 2) {
-        Some(data) if spec.verdict_map => Some(decode_verdict(&nested(&data, 2)?)?),
-        Some(_) => return None,
-        None if spec.verdict_map => return None,
-        None => None,
+    let data = nested(item, 2);
+    let (verdict, target) = match (spec.data, data) {
+        (SetData::Verdict, Some(d)) => (Some(decode_verdict(&nested(&d, 2)?)?), None),
+        (SetData::Target(f), Some(d)) => (None, Some(decode_target(nested(&d, 1)?.data, f)?)),
+        (SetData::None, None) => (None, None),
+        _ => return None,
     };
     let comment = match nested(item, 6).and_then(|u| udata_comment(u.data, 0)) {
         Some(c) => Some(Comment::new(&c).ok()?),
         None => None,
     };
-    Some((key, ElementValue { verdict, comment }))
+    Some((
+        key,
+        ElementValue {
+            verdict,
+            target,
+            comment,
+        },
+    ))
+}
+
+fn decode_addr(b: &[u8]) -> Option<IpAddr> {
+    match b.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
+        _ => None,
+    }
+}
+
+/// The address of a DNAT map element.
+fn decode_target(bytes: &[u8], family: Family) -> Option<IpAddr> {
+    let addr = decode_addr(bytes)?;
+    (Family::of(&addr) == family).then_some(addr)
 }
 
 fn decode_key(bytes: &[u8], types: &[KeyType]) -> Option<ElementKey> {
@@ -327,13 +364,7 @@ fn decode_key(bytes: &[u8], types: &[KeyType]) -> Option<ElementKey> {
     if at != bytes.len() {
         return None;
     }
-    let addr = |b: &[u8]| -> Option<IpAddr> {
-        match b.len() {
-            4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?))),
-            16 => Some(IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?))),
-            _ => None,
-        }
-    };
+    let addr = decode_addr;
     let proto = |b: &[u8]| match b.first()? {
         6 => Some(Protocol::Tcp),
         17 => Some(Protocol::Udp),
@@ -341,10 +372,19 @@ fn decode_key(bytes: &[u8], types: &[KeyType]) -> Option<ElementKey> {
         _ => None,
     };
     let port = |b: &[u8]| Some(u16::from_be_bytes(b.try_into().ok()?));
+    let index = |b: &[u8]| Some(u32::from_ne_bytes(b.try_into().ok()?));
+    use KeyType::{Index, InetService, Ipv4Addr, Ipv6Addr};
     let key = match (types, parts.as_slice()) {
         ([_], [a]) => ElementKey::Addr(addr(a)?),
-        ([_, _, _], [a, p, n]) => ElementKey::AddrProtoPort(addr(a)?, proto(p)?, port(n)?),
+        ([Ipv4Addr | Ipv6Addr, _], [a, b]) => ElementKey::AddrPair(addr(a)?, addr(b)?),
         ([_, _], [p, n]) => ElementKey::ProtoPort(proto(p)?, port(n)?),
+        ([_, _, InetService], [a, p, n]) => {
+            ElementKey::AddrProtoPort(addr(a)?, proto(p)?, port(n)?)
+        }
+        ([_, _, Index], [p, n, i]) => ElementKey::ProtoPortIndex(proto(p)?, port(n)?, index(i)?),
+        ([_, _, _, _], [a, p, n, i]) => {
+            ElementKey::AddrProtoPortIndex(addr(a)?, proto(p)?, port(n)?, index(i)?)
+        }
         _ => return None,
     };
     key.fits(types).then_some(key)
@@ -377,7 +417,15 @@ mod tests {
             ])
         );
         assert_eq!(key_types(8), Some(vec![KeyType::Ipv6Addr]));
-        assert_eq!(key_types(4), None, "integer keys are not ours");
+        assert_eq!(key_types(1), None, "verdict keys are not ours");
+        assert_eq!(
+            key_types(0x30d << 6 | 4),
+            Some(vec![
+                KeyType::InetProto,
+                KeyType::InetService,
+                KeyType::Index
+            ])
+        );
         assert_eq!(key_types(0), None);
     }
 
