@@ -184,7 +184,7 @@ fn an_endpoint_change_rewrites_only_that_service() {
         [
             "flush chain service-ns/a/tcp/http",
             "add 2 rules service-ns/a/tcp/http",
-            "add 1 elements cluster-endpoints",
+            "add 1 elements cluster-endpoints-30",
             "add 1 elements hairpin",
         ]
     );
@@ -194,9 +194,9 @@ fn an_endpoint_change_rewrites_only_that_service() {
     assert_eq!(
         describe(&last_tx(&backend)),
         [
-            "delete 1 elements cluster-endpoints",
+            "delete 1 elements cluster-endpoints-30",
             "delete 1 elements hairpin",
-            "add 1 elements cluster-endpoints",
+            "add 1 elements cluster-endpoints-30",
             "add 1 elements hairpin",
         ]
     );
@@ -220,10 +220,10 @@ fn a_deleted_service_is_flushed_now_and_its_chains_deleted_after_the_delay() {
         ops,
         [
             "flush chain service-ns/a/tcp/http",
-            "delete 1 elements cluster-endpoints",
             "delete 1 elements cluster-ips",
             "delete 1 elements hairpin",
             "delete 1 elements service-ips",
+            "delete set cluster-endpoints-30",
         ]
     );
     // Not yet due.
@@ -297,9 +297,9 @@ fn a_restarted_proxy_fixes_only_what_changed_while_it_was_down() {
     assert_eq!(
         describe(&last_tx(&backend)),
         [
-            "delete 1 elements cluster-endpoints",
+            "delete 1 elements cluster-endpoints-30",
             "delete 1 elements hairpin",
-            "add 1 elements cluster-endpoints",
+            "add 1 elements cluster-endpoints-30",
             "add 1 elements hairpin",
         ]
     );
@@ -325,8 +325,7 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
     ]));
     r.handle(Event::Synced);
     r.sync(Instant::now());
-    // Both want the service-ips element and the endpoint-map element of 10.96.0.1:80.
-    assert_eq!(metrics.conflicts.get(), 2);
+    assert_eq!(metrics.conflicts.get(), 1);
     let k = backend.0.lock().unwrap();
     let table = k.state.table(Family::V4).unwrap();
     let map = &table.sets[&crate::ruleset::SetName::new("service-ips").unwrap()];

@@ -49,8 +49,6 @@ struct Known {
     no_endpoint_services: SetName,
     no_endpoint_nodeports: SetName,
     firewall_ips: SetName,
-    /// Endpoint maps: [cluster, local] × [by address, by NodePort].
-    endpoints: [[SetName; 2]; 2],
     hairpin: SetName,
     reject_chain: ChainName,
 }
@@ -104,13 +102,6 @@ impl Renderer {
                 no_endpoint_services: set("no-endpoint-services")?,
                 no_endpoint_nodeports: set("no-endpoint-nodeports")?,
                 firewall_ips: set("firewall-ips")?,
-                endpoints: [
-                    [
-                        set("cluster-endpoints")?,
-                        set("cluster-nodeport-endpoints")?,
-                    ],
-                    [set("local-endpoints")?, set("local-nodeport-endpoints")?],
-                ],
                 hairpin: set("hairpin")?,
                 reject_chain: chain("reject-chain")?,
             },
@@ -304,16 +295,28 @@ impl PortRenderer<'_> {
         (addrs, external && port.node_port.is_some())
     }
 
+    /// This Service's shard of the endpoint map of `policy`, by address or by NodePort, declared
+    /// in the fragment (every Service of the shard declares it alike).
+    fn endpoint_map(&mut self, policy: Policy, node_port: bool) -> Result<SetName, RenderError> {
+        let template = &self.renderer.templates.endpoint_maps[match policy {
+            Policy::Cluster => 0,
+            Policy::Local => 1,
+        }][usize::from(node_port)];
+        let name = names::endpoint_map(&template.name, self.key)?;
+        self.items.push(Item::Set {
+            family: self.family(),
+            name: name.clone(),
+            spec: template.spec(self.family()).clone(),
+        });
+        Ok(name)
+    }
+
     /// The elements of the endpoint maps that the DNAT of `policy`'s chain reads: for every
     /// destination, index `i` → the `i`-th endpoint.
-    fn endpoint_elements(&mut self, policy: Policy) {
+    fn endpoint_elements(&mut self, policy: Policy, maps: &[Option<SetName>; 2]) {
         let port = self.port;
         let family = self.family();
         let (addrs, node_port) = self.entries(policy);
-        let maps = &self.renderer.known.endpoints[match policy {
-            Policy::Cluster => 0,
-            Policy::Local => 1,
-        }];
         for (i, endpoint) in port.policy_endpoints(policy).iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let value = ElementValue {
@@ -321,18 +324,20 @@ impl PortRenderer<'_> {
                 target: Some(endpoint.ip()),
                 comment: None,
             };
-            for addr in &addrs {
-                self.items.push(Item::Element {
-                    family,
-                    set: maps[0].clone(),
-                    key: ElementKey::AddrProtoPortIndex(*addr, port.protocol, port.port, index),
-                    value: value.clone(),
-                });
+            if let Some(map) = &maps[0] {
+                for addr in &addrs {
+                    self.items.push(Item::Element {
+                        family,
+                        set: map.clone(),
+                        key: ElementKey::AddrProtoPortIndex(*addr, port.protocol, port.port, index),
+                        value: value.clone(),
+                    });
+                }
             }
-            if let (true, Some(n)) = (node_port, port.node_port) {
+            if let (Some(map), true, Some(n)) = (&maps[1], node_port, port.node_port) {
                 self.items.push(Item::Element {
                     family,
-                    set: maps[1].clone(),
+                    set: map.clone(),
                     key: ElementKey::ProtoPortIndex(port.protocol, n, index),
                     value,
                 });
@@ -437,9 +442,33 @@ impl PortRenderer<'_> {
             TAG_LOCAL_NODEPORT_ENDPOINTS => by_map && !cluster && node_port,
             _ => false,
         };
+        // The endpoint maps (shards) the DNAT rules read.
+        let maps = [
+            if by_map && !addrs.is_empty() {
+                Some(self.endpoint_map(policy, false)?)
+            } else {
+                None
+            },
+            if by_map && node_port {
+                Some(self.endpoint_map(policy, true)?)
+            } else {
+                None
+            },
+        ];
         let mut rules = Vec::new();
         for rule in self.renderer.templates.service.rules(enabled) {
-            if rule.tag.as_deref() == Some(TAG_AFFINITY) {
+            let map = match rule.tag.as_deref() {
+                Some(TAG_CLUSTER_ENDPOINTS | TAG_LOCAL_ENDPOINTS) => maps[0].clone(),
+                Some(TAG_CLUSTER_NODEPORT_ENDPOINTS | TAG_LOCAL_NODEPORT_ENDPOINTS) => {
+                    maps[1].clone()
+                }
+                _ => None,
+            };
+            if let Some(map) = map {
+                let mut with_map = values.clone();
+                with_map.push((Slot::EndpointMap, Value::Set(map)));
+                rules.push(bind(&rule.shape, &with_map)?);
+            } else if rule.tag.as_deref() == Some(TAG_AFFINITY) {
                 for (endpoint, chain) in endpoints.iter().zip(&chains) {
                     let mut per_endpoint = values.clone();
                     per_endpoint
@@ -454,7 +483,7 @@ impl PortRenderer<'_> {
         let name = self.chain_of(policy).clone();
         self.push_chain(name, rules);
         if by_map {
-            self.endpoint_elements(policy);
+            self.endpoint_elements(policy, &maps);
         }
         Ok(())
     }

@@ -9,6 +9,20 @@ use std::net::SocketAddr;
 use crate::model::{PortName, Protocol, ServiceKey};
 use crate::ruleset::{ChainName, NameError, SetName};
 
+/// Shards of each endpoint map.
+pub const ENDPOINT_MAP_SHARDS: u64 = 64;
+
+/// The shard of endpoint map `base` that a Service's elements and rules use: `base-NN`, `NN`
+/// from a hash of `namespace/name` that is the same on every run (FNV-1a).
+pub fn endpoint_map(base: &SetName, key: &ServiceKey) -> Result<SetName, NameError> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    SetName::new(&format!("{base}-{:02}", hash % ENDPOINT_MAP_SHARDS))
+}
+
 /// `ns/name/proto/port`, the base of a service port's object names.
 pub fn service_port_base(key: &ServiceKey, protocol: Protocol, port: &PortName) -> String {
     format!(

@@ -60,6 +60,7 @@ const SERVICE: FileSpec = FileSpec {
         Slot::AffinitySet,
         Slot::EndpointChain,
         Slot::TargetPort,
+        Slot::EndpointMap,
     ],
     tags: &[
         TAG_MASQUERADE_OFF_CLUSTER,
@@ -164,6 +165,8 @@ pub struct Templates {
     pub sets: Vec<SetTemplate>,
     /// The chain of a service port's endpoint choice (`service-…` and `local-…`).
     pub service: ChainTemplate,
+    /// The endpoint maps, `[cluster, local][by address, by NodePort]`, each in shards.
+    pub endpoint_maps: [[SetTemplate; 2]; 2],
     /// The chain of one endpoint of a service port.
     pub endpoint: ChainTemplate,
     /// The affinity set of one endpoint.
@@ -184,6 +187,17 @@ impl Templates {
 
     fn load_bundled() -> Result<Templates, TemplateError> {
         let base = parse_file(&BASE)?;
+        let mut service = parse_file(&SERVICE)?;
+        let endpoint_maps = [
+            [
+                take_set(&SERVICE, "cluster-endpoints", &mut service)?,
+                take_set(&SERVICE, "cluster-nodeport-endpoints", &mut service)?,
+            ],
+            [
+                take_set(&SERVICE, "local-endpoints", &mut service)?,
+                take_set(&SERVICE, "local-nodeport-endpoints", &mut service)?,
+            ],
+        ];
         let mut endpoint = parse_file(&ENDPOINT)?;
         let affinity = take_set(&ENDPOINT, "affinity", &mut endpoint)?;
         let mut base_chains = Vec::new();
@@ -196,7 +210,8 @@ impl Templates {
         let templates = Templates {
             base_chains,
             sets: base.sets.into_iter().map(|(_, s)| s).collect(),
-            service: single_chain(&SERVICE, "service", &mut parse_file(&SERVICE)?)?,
+            service: single_chain(&SERVICE, "service", &mut service)?,
+            endpoint_maps,
             endpoint: single_chain(&ENDPOINT, "endpoint", &mut endpoint)?,
             affinity,
             external: single_chain(&EXTERNAL, "external", &mut parse_file(&EXTERNAL)?)?,
@@ -587,13 +602,10 @@ mod tests {
                 .iter()
                 .any(|(n, c)| n.as_str() == "nat-prerouting" && c.base.is_some())
         );
-        assert_eq!(t.sets.len(), 12);
+        assert_eq!(t.sets.len(), 8);
         assert_eq!(t.endpoint.rules.len(), 2);
-        let endpoints = t
-            .sets
-            .iter()
-            .find(|s| s.name.as_str() == "cluster-nodeport-endpoints")
-            .unwrap();
+        let endpoints = &t.endpoint_maps[0][1];
+        assert_eq!(endpoints.name.as_str(), "cluster-nodeport-endpoints");
         assert_eq!(
             endpoints.spec(Family::V6).to_string(),
             "typeof meta l4proto . th dport . numgen random mod 1 : ip6 daddr ; \

@@ -82,7 +82,7 @@ fn a_cluster_ip_service_with_two_endpoints() {
             "ip service-ns1/svc1/tcp/p80".to_string(),
             vec![
                 "ip daddr 172.30.0.41 ip saddr != 10.0.0.0/8 jump mark-for-masquerade".to_string(),
-                "dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @cluster-endpoints:80".to_string()
+                "dnat to ip daddr . meta l4proto . th dport . numgen random mod 2 map @cluster-endpoints-03:80".to_string()
             ]
         )]
     );
@@ -91,8 +91,8 @@ fn a_cluster_ip_service_with_two_endpoints() {
         vec![
             "ip hairpin 10.0.1.1 . 10.0.1.1",
             "ip hairpin 10.0.1.2 . 10.0.1.2",
-            "ip cluster-endpoints 172.30.0.41 . tcp . 80 . 0 : 10.0.1.1",
-            "ip cluster-endpoints 172.30.0.41 . tcp . 80 . 1 : 10.0.1.2",
+            "ip cluster-endpoints-03 172.30.0.41 . tcp . 80 . 0 : 10.0.1.1",
+            "ip cluster-endpoints-03 172.30.0.41 . tcp . 80 . 1 : 10.0.1.2",
             "ip cluster-ips 172.30.0.41",
             "ip service-ips 172.30.0.41 . tcp . 80 : goto service-ns1/svc1/tcp/p80"
         ]
@@ -198,12 +198,12 @@ fn ipv6_and_sctp() {
     assert_eq!(
         chains[0].1,
         [
-            "dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @cluster-endpoints:5353"
+            "dnat to ip6 daddr . meta l4proto . th dport . numgen random mod 1 map @cluster-endpoints-46:5353"
         ],
         "no IPv6 cluster CIDR: no masquerade rule"
     );
     assert!(elements.contains(
-        &"ip6 cluster-endpoints fd00:172:30::41 . sctp . 53 . 0 : fd00:10::1".to_string()
+        &"ip6 cluster-endpoints-46 fd00:172:30::41 . sctp . 53 . 0 : fd00:10::1".to_string()
     ));
     assert!(elements.contains(
         &"ip6 service-ips fd00:172:30::41 . sctp . 53 : goto service-ns/dns/sctp/".to_string()

@@ -48,10 +48,12 @@ pub enum Slot {
     AllowedSources,
     /// The port all of a service port's endpoints listen on.
     TargetPort,
+    /// The endpoint map (shard) a service port's DNAT reads.
+    EndpointMap,
 }
 
 impl Slot {
-    pub const ALL: [Slot; 18] = [
+    pub const ALL: [Slot; 19] = [
         Slot::Family,
         Slot::AddrType,
         Slot::Mark,
@@ -70,6 +72,7 @@ impl Slot {
         Slot::PolicyChain,
         Slot::AllowedSources,
         Slot::TargetPort,
+        Slot::EndpointMap,
     ];
 
     /// The spelling in templates, without the `$`.
@@ -93,6 +96,7 @@ impl Slot {
             Slot::PolicyChain => "policy_chain",
             Slot::AllowedSources => "allowed_sources",
             Slot::TargetPort => "target_port",
+            Slot::EndpointMap => "endpoint_map",
         }
     }
 
@@ -116,7 +120,7 @@ impl Slot {
                     Slot::EndpointChain | Slot::ClusterChain | Slot::PolicyChain,
                     Value::Chain(_)
                 )
-                | (Slot::AffinitySet, Value::Set(_))
+                | (Slot::AffinitySet | Slot::EndpointMap, Value::Set(_))
                 | (Slot::AffinityTimeout, Value::Seconds(_))
                 | (Slot::AllowedSources, Value::Cidrs(_))
                 | (Slot::TargetPort, Value::Port(_))

@@ -379,14 +379,25 @@ impl<'a> Parser<'a> {
                 }
                 self.at += key.len();
                 let count = self.operand()?;
-                // `map @set:` then the port.
-                let set = match (self.word(0), self.word(1)) {
-                    (Some("map"), Some(w)) if w.starts_with('@') && w.ends_with(':') => {
+                // `map @set:PORT`: a literal `@name:` word, or `@$hole` and `:`.
+                if self.word(0) != Some("map") {
+                    return Err(self.fail("map @set:port"));
+                }
+                self.at += 1;
+                let set = match self.word(0) {
+                    Some(w) if w.starts_with('@') && w.ends_with(':') => {
+                        self.at += 1;
                         Operand::Literal(w[1..w.len() - 1].to_string())
                     }
-                    _ => return Err(self.fail("map @set:port")),
+                    _ => {
+                        let set = self.set_ref()?;
+                        if self.word(0) != Some(":") {
+                            return Err(self.fail(": port"));
+                        }
+                        self.at += 1;
+                        set
+                    }
                 };
-                self.at += 2;
                 let port = self.operand()?;
                 Stmt::DnatMap {
                     with_addr,
