@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::model::{Family, ServiceKey};
 use crate::plan::{NodePortAddresses, NodeSettings, plan_service, resolve_node_addresses};
 use crate::render::{RenderError, Renderer};
-use crate::ruleset::desired::Owner;
+use crate::ruleset::desired::{Conflict, Item, Owner, Untracked};
 use crate::ruleset::kernel::ChainContent;
 use crate::ruleset::{ChainName, KernelState, ObjectRef, Ruleset};
 use crate::source::Event;
@@ -268,7 +268,7 @@ impl Reconciler {
             match self.backend.apply(&tx) {
                 Ok(()) => {
                     let operations = tx.size();
-                    self.committed(&tx, now);
+                    self.committed(tx, now);
                     self.metrics.transaction_size.observe(operations as f64);
                     info!(
                         operations,
@@ -375,12 +375,12 @@ impl Reconciler {
         }
     }
 
-    fn committed(&mut self, tx: &Transaction, now: Instant) {
+    fn committed(&mut self, tx: Transaction, now: Instant) {
         for (family, name) in tx.newly_stale(&self.desired) {
             self.stale.entry((family, name.clone())).or_insert(now);
         }
         if let Some(kernel) = self.kernel.as_mut() {
-            kernel.apply(tx);
+            kernel.apply_owned(tx);
         }
     }
 
@@ -401,6 +401,16 @@ impl Reconciler {
     }
 
     /// Plans and renders every Service whose objects changed (all of them after a node change).
+    /// Replaces an owner's fragment; the objects it touches are recorded unless the next diff
+    /// looks at everything anyway.
+    fn replace_fragment(&mut self, owner: Owner, items: Vec<Item>) -> Vec<Conflict> {
+        if self.full {
+            self.desired.replace(owner, items, &mut Untracked)
+        } else {
+            self.desired.replace(owner, items, &mut self.touched)
+        }
+    }
+
     fn render_changes(&mut self) {
         let changes = self.state.take_changes();
         let services: Vec<ServiceKey> = if self.rerender_all || changes.node {
@@ -412,7 +422,7 @@ impl Reconciler {
             );
             match self.renderer.base(&self.settings) {
                 Ok(items) => {
-                    let conflicts = self.desired.replace(Owner::Base, items, &mut self.touched);
+                    let conflicts = self.replace_fragment(Owner::Base, items);
                     self.report_conflicts(conflicts);
                 }
                 Err(e) => warn!(error = %e, "cannot render the base ruleset"),
@@ -435,7 +445,7 @@ impl Reconciler {
     fn render_service(&mut self, key: ServiceKey) {
         let owner = Owner::Service(key.clone());
         let Some(service) = self.state.service(&key).cloned() else {
-            self.desired.remove(&owner, &mut self.touched);
+            self.replace_fragment(owner, Vec::new());
             self.health_checks.remove(&key);
             return;
         };
@@ -461,13 +471,13 @@ impl Reconciler {
         }
         match self.renderer.service(&plan, &self.settings) {
             Ok(items) => {
-                let conflicts = self.desired.replace(owner, items, &mut self.touched);
+                let conflicts = self.replace_fragment(owner, items);
                 self.report_conflicts(conflicts);
             }
             Err(e) => {
                 warn!(service = %key, error = %e, "cannot program Service; skipping it");
                 self.metrics.invalid("Service", "unrenderable");
-                self.desired.remove(&owner, &mut self.touched);
+                self.replace_fragment(owner, Vec::new());
             }
         }
     }

@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::model::{Family, Protocol};
 use crate::ruleset::kernel::{ChainContent, KernelChain, KernelSet, KernelTable};
 use crate::ruleset::{
-    BaseChain, ChainName, ChainType, Comment, Digest, ElementKey, ElementValue, Hook, KeyType,
-    SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
+    BaseChain, ChainName, ChainType, Comment, Digest, ElementData, ElementKey, ElementValue, Hook,
+    KeyType, SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 fn objects(json: &[u8]) -> Result<Vec<Value>, String> {
@@ -221,30 +221,23 @@ fn element(item: &Value, spec: &SetSpec) -> Option<(ElementKey, ElementValue)> {
         _ => vec![key_json],
     };
     let key = key(&parts, &spec.key)?;
-    let (verdict, target) = match (spec.data, data_json) {
-        (SetData::Verdict, Some(v)) => (Some(verdict(v)?), None),
+    let data = match (spec.data, data_json) {
+        (SetData::Verdict, Some(v)) => ElementData::Verdict(verdict(v)?),
         (SetData::Target(f), Some(t)) => {
             let addr: IpAddr = t.as_str()?.parse().ok()?;
             if Family::of(&addr) != f {
                 return None;
             }
-            (None, Some(addr))
+            ElementData::Target(addr)
         }
-        (SetData::None, None) => (None, None),
+        (SetData::None, None) => ElementData::None,
         _ => return None,
     };
     let comment = match comment {
         Some(c) => Some(Comment::new(c).ok()?),
         None => None,
     };
-    Some((
-        key,
-        ElementValue {
-            verdict,
-            target,
-            comment,
-        },
-    ))
+    Some((key, ElementValue { data, comment }))
 }
 
 fn number(v: &Value) -> Option<u64> {
@@ -362,7 +355,7 @@ mod tests {
             map.elements[&dns].comment.as_ref().unwrap().as_str(),
             "a/c:dns"
         );
-        assert_eq!(map.elements[&dns].verdict, Some(Verdict::Drop));
+        assert_eq!(map.elements[&dns].verdict(), Some(&Verdict::Drop));
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct Candidate {
     pub serving: bool,
     pub terminating: bool,
     pub local: bool,
+    /// On another node (a known node that is not this one).
+    pub elsewhere: bool,
     /// `hints.forZones` (empty: no hint).
     pub zone_hints: Vec<Arc<str>>,
     /// `hints.forNodes` (empty: no hint).
@@ -182,6 +184,7 @@ mod tests {
             serving: false,
             terminating: false,
             local: false,
+            elsewhere: false,
             zone_hints: Vec::new(),
             node_hints: Vec::new(),
         };

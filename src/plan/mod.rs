@@ -6,7 +6,7 @@
 
 pub mod endpoints;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -193,6 +193,11 @@ pub struct PortPlan {
     pub affinity_timeout: Option<u32>,
     /// Addresses of every serving endpoint, whatever the policies (stale-flow cleanup).
     pub serving_ips: Vec<IpAddr>,
+    /// Endpoints that can be DNATed a packet they sent themselves (hairpin), to be masqueraded:
+    /// every reachable endpoint of an externally reachable port (a pod on another node can come
+    /// in through a NodePort or external address), else those not known to be on another node
+    /// (only this node's pods reach a ClusterIP through this node).
+    pub hairpin_ips: Vec<IpAddr>,
 }
 
 impl PortPlan {
@@ -345,7 +350,7 @@ fn plan_port(
         (true, true) => None,
     };
     let firewall = firewall(service, node, b.family, &b.load_balancer_ips);
-    PortPlan {
+    let mut plan = PortPlan {
         family: b.family,
         name: b.name,
         protocol: b.protocol,
@@ -372,7 +377,38 @@ fn plan_port(
             .filter(|c| c.serving)
             .map(|c| c.addr.ip())
             .collect(),
-    }
+        hairpin_ips: Vec::new(),
+    };
+    plan.hairpin_ips = hairpin_ips(
+        &plan.reachable_endpoints(),
+        candidates,
+        externally_accessible,
+    );
+    plan
+}
+
+fn hairpin_ips(
+    reachable: &[SocketAddr],
+    candidates: &[Candidate],
+    externally_accessible: bool,
+) -> Vec<IpAddr> {
+    let elsewhere: HashSet<SocketAddr> = if externally_accessible {
+        HashSet::new()
+    } else {
+        candidates
+            .iter()
+            .filter(|c| c.elsewhere)
+            .map(|c| c.addr)
+            .collect()
+    };
+    let mut ips: Vec<IpAddr> = reachable
+        .iter()
+        .filter(|a| !elsewhere.contains(a))
+        .map(|a| a.ip())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
 }
 
 /// `loadBalancerSourceRanges` of one family for a Service with LB IPs in it. Unlike upstream, a
@@ -464,6 +500,10 @@ fn candidates(
                     .node_name
                     .as_ref()
                     .is_some_and(|n| n.as_str() == node_name),
+                elsewhere: ep
+                    .node_name
+                    .as_ref()
+                    .is_some_and(|n| n.as_str() != node_name),
                 zone_hints: ep.zone_hints.clone().unwrap_or_default(),
                 node_hints: ep.node_hints.clone().unwrap_or_default(),
             };

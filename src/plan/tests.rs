@@ -190,3 +190,38 @@ fn dual_stack_services_are_planned_per_family() {
         .unwrap();
     assert_eq!(plan_service(&v4_only, &[], &node()).ports.len(), 1);
 }
+
+#[test]
+fn hairpin_endpoints_are_those_that_can_send_through_this_node() {
+    let slice = SliceBuilder::new("ns", "s-1", "s", "IPv4")
+        .port("", 80, "TCP")
+        .endpoint("10.180.0.1", "node1")
+        .endpoint("10.180.0.2", "node2")
+        .endpoint("10.180.0.3", "")
+        .model()
+        .unwrap();
+    let cluster_ip = ServiceBuilder::new("ns", "s")
+        .cluster_ip("172.30.0.1")
+        .port("", 80, "TCP");
+    let plan = plan_service(
+        &cluster_ip.model().unwrap(),
+        std::slice::from_ref(&slice),
+        &node(),
+    );
+    let ips: Vec<String> = plan.ports[0]
+        .hairpin_ips
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    // node2's pod never reaches the ClusterIP through this node; an unknown node might be this one.
+    assert_eq!(ips, ["10.180.0.1", "10.180.0.3"]);
+    let node_port = cluster_ip
+        .with("/spec/type", "NodePort")
+        .with("/spec/ports/0/nodePort", 30080);
+    let plan = plan_service(&node_port.model().unwrap(), &[slice], &node());
+    assert_eq!(
+        plan.ports[0].hairpin_ips.len(),
+        3,
+        "any pod can come in through the NodePort"
+    );
+}

@@ -334,8 +334,7 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
         .values()
         .next()
         .unwrap()
-        .verdict
-        .as_ref()
+        .verdict()
         .unwrap()
         .to_string();
     assert_eq!(verdict, "goto service-ns/a/tcp/http");

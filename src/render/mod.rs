@@ -13,8 +13,8 @@ use crate::plan::{NoEndpoints, NodePortIps, NodeSettings, Policy, PortPlan, Serv
 use crate::ruleset::desired::Item;
 use crate::ruleset::rule::ShapeError;
 use crate::ruleset::{
-    Chain, ChainName, Comment, ElementKey, ElementValue, NameError, Rule, RuleShape, SetName, Slot,
-    Value, Verdict,
+    Chain, ChainName, Comment, ElementData, ElementKey, ElementValue, NameError, Rule, RuleShape,
+    SetName, Slot, Value, Verdict,
 };
 use names::PortChains;
 use templates::{
@@ -192,13 +192,13 @@ impl PortRenderer<'_> {
 
     fn render(mut self) -> Result<(), RenderError> {
         let port = self.port;
-        let endpoint_chains = self.target_port().is_none();
-        for endpoint in port.reachable_endpoints() {
-            // Hairpin traffic is recognised after DNAT: source and destination are this endpoint.
-            let ip = endpoint.ip();
-            let hairpin = self.renderer.known.hairpin.clone();
-            self.push_element(&hairpin, ElementKey::AddrPair(ip, ip), None, false)?;
-            if endpoint_chains {
+        // Hairpin traffic is recognised after DNAT: source and destination are the endpoint.
+        let hairpin = self.renderer.known.hairpin.clone();
+        for ip in &port.hairpin_ips {
+            self.push_element(&hairpin, ElementKey::AddrPair(*ip, *ip), None, false)?;
+        }
+        if self.target_port().is_none() {
+            for endpoint in port.reachable_endpoints() {
                 self.endpoint_chain(endpoint)?;
             }
         }
@@ -245,8 +245,7 @@ impl PortRenderer<'_> {
             set: set.clone(),
             key,
             value: ElementValue {
-                verdict,
-                target: None,
+                data: verdict.map_or(ElementData::None, ElementData::Verdict),
                 comment,
             },
         });
@@ -320,8 +319,7 @@ impl PortRenderer<'_> {
         for (i, endpoint) in port.policy_endpoints(policy).iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let value = ElementValue {
-                verdict: None,
-                target: Some(endpoint.ip()),
+                data: ElementData::Target(endpoint.ip()),
                 comment: None,
             };
             if let Some(map) = &maps[0] {

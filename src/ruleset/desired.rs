@@ -4,6 +4,7 @@
 //! deterministically and the conflict is reported. Replacing one owner's fragment touches only
 //! that owner's objects, which is what keeps a sync proportional to the change.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -68,13 +69,29 @@ pub struct Conflict {
     pub loser: Owner,
 }
 
-/// The owners wanting one object, in owner order; the first one's content is in force.
+/// The owners wanting one object, in owner order; the first one's content is in force. Almost
+/// every object has one owner, which needs no allocation of its own.
 #[derive(Debug)]
-struct Claims<T>(Vec<(Owner, T)>);
+enum Claims<T> {
+    One(Owner, T),
+    /// Two or more, sorted by owner.
+    Many(Vec<(Owner, T)>),
+}
 
 impl<T: PartialEq + Clone> Claims<T> {
     fn effective(&self) -> Option<&T> {
-        self.0.first().map(|(_, v)| v)
+        match self {
+            Claims::One(_, v) => Some(v),
+            Claims::Many(list) => list.first().map(|(_, v)| v),
+        }
+    }
+
+    /// What `owner` claims, if anything.
+    fn of(&self, owner: &Owner) -> Option<&T> {
+        match self {
+            Claims::One(o, v) => (o == owner).then_some(v),
+            Claims::Many(list) => list.iter().find(|(o, _)| o == owner).map(|(_, v)| v),
+        }
     }
 
     /// Adds a claim; returns the conflict if another owner wants different content.
@@ -84,19 +101,34 @@ impl<T: PartialEq + Clone> Claims<T> {
         value: T,
         object: impl FnOnce() -> ObjectRef,
     ) -> Option<Conflict> {
-        if self.0.iter().any(|(o, _)| o == owner) {
+        let mut list = match std::mem::replace(self, Claims::Many(Vec::new())) {
+            Claims::One(o, v) => vec![(o, v)],
+            Claims::Many(list) => list,
+        };
+        let conflict = Self::claim_in(&mut list, owner, value, object);
+        *self = Claims::from_list(list);
+        conflict
+    }
+
+    fn claim_in(
+        list: &mut Vec<(Owner, T)>,
+        owner: &Owner,
+        value: T,
+        object: impl FnOnce() -> ObjectRef,
+    ) -> Option<Conflict> {
+        if list.iter().any(|(o, _)| o == owner) {
             return None;
         }
-        let at = self.0.partition_point(|(o, _)| o < owner);
-        self.0.insert(at, (owner.clone(), value));
-        let (winner, winning) = &self.0[0];
+        let at = list.partition_point(|(o, _)| o < owner);
+        list.insert(at, (owner.clone(), value));
+        let (winner, winning) = &list[0];
         // The new claim conflicts if it wins over different content, or loses with different content.
         let loser = if winner == owner {
-            self.0[1..]
+            list[1..]
                 .iter()
                 .find(|(_, v)| v != winning)
                 .map(|(o, _)| o.clone())?
-        } else if self.0[at].1 != *winning {
+        } else if list[at].1 != *winning {
             owner.clone()
         } else {
             return None;
@@ -108,8 +140,45 @@ impl<T: PartialEq + Clone> Claims<T> {
         })
     }
 
-    fn release(&mut self, owner: &Owner) {
-        self.0.retain(|(o, _)| o != owner);
+    fn from_list(mut list: Vec<(Owner, T)>) -> Claims<T> {
+        if list.len() == 1
+            && let Some((o, v)) = list.pop()
+        {
+            return Claims::One(o, v);
+        }
+        Claims::Many(list)
+    }
+
+    /// Drops `owner`'s claim; returns whether no claim is left.
+    fn release(&mut self, owner: &Owner) -> bool {
+        match self {
+            Claims::One(o, _) => o == owner,
+            Claims::Many(list) => {
+                list.retain(|(o, _)| o != owner);
+                let empty = list.is_empty();
+                if !empty {
+                    *self = Claims::from_list(std::mem::take(list));
+                }
+                empty
+            }
+        }
+    }
+}
+
+/// Claims `key` in `map` for `owner`.
+fn claim_at<K: Ord, T: PartialEq + Clone>(
+    map: &mut BTreeMap<K, Claims<T>>,
+    key: K,
+    owner: &Owner,
+    value: T,
+    object: impl FnOnce() -> ObjectRef,
+) -> Option<Conflict> {
+    match map.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(Claims::One(owner.clone(), value));
+            None
+        }
+        Entry::Occupied(mut e) => e.get_mut().claim(owner, value, object),
     }
 }
 
@@ -120,10 +189,29 @@ struct Table {
     elements: BTreeMap<SetName, BTreeMap<ElementKey, Claims<ElementValue>>>,
 }
 
+/// Where [`Ruleset::replace`] records the objects whose content may have changed.
+pub trait Touched {
+    fn touch(&mut self, object: ObjectRef);
+}
+
+impl Touched for BTreeSet<ObjectRef> {
+    fn touch(&mut self, object: ObjectRef) {
+        self.insert(object);
+    }
+}
+
+/// Records nothing: for syncs that diff every object anyway.
+pub struct Untracked;
+
+impl Touched for Untracked {
+    fn touch(&mut self, _: ObjectRef) {}
+}
+
 /// The ruleset the current objects call for.
 #[derive(Debug, Default)]
 pub struct Ruleset {
-    fragments: HashMap<Owner, Vec<Item>>,
+    /// What each owner claims (the content is in the claims).
+    fragments: HashMap<Owner, Vec<ObjectRef>>,
     tables: [Table; 2],
 }
 
@@ -138,30 +226,72 @@ impl Ruleset {
         &mut self,
         owner: Owner,
         items: Vec<Item>,
-        touched: &mut BTreeSet<ObjectRef>,
+        touched: &mut impl Touched,
     ) -> Vec<Conflict> {
-        if self.fragments.get(&owner) == Some(&items) {
+        if self.unchanged(&owner, &items) {
             return Vec::new();
         }
         if let Some(old) = self.fragments.remove(&owner) {
-            for item in &old {
-                touched.insert(item.object_ref());
-                self.release(&owner, item);
+            for object in old {
+                self.release(&owner, &object);
+                touched.touch(object);
             }
         }
         let mut conflicts = Vec::new();
+        let mut refs = Vec::with_capacity(items.len());
         for item in &items {
-            touched.insert(item.object_ref());
+            let object = item.object_ref();
+            touched.touch(object.clone());
             conflicts.extend(self.claim(&owner, item));
+            refs.push(object);
         }
-        if !items.is_empty() {
-            self.fragments.insert(owner, items);
+        if !refs.is_empty() {
+            self.fragments.insert(owner, refs);
         }
         conflicts
     }
 
+    /// Whether `owner` already claims exactly `items` (same objects, same content, same order).
+    fn unchanged(&self, owner: &Owner, items: &[Item]) -> bool {
+        let old = self.fragments.get(owner).map_or(&[][..], Vec::as_slice);
+        old.len() == items.len()
+            && items
+                .iter()
+                .zip(old)
+                .all(|(item, object)| item.object_ref() == *object && self.claimed_as(owner, item))
+    }
+
+    /// Whether `owner`'s claim on the item's object has the item's content.
+    fn claimed_as(&self, owner: &Owner, item: &Item) -> bool {
+        let table = |family: &Family| &self.tables[family.index()];
+        match item {
+            Item::Set { family, name, spec } => table(family)
+                .sets
+                .get(name)
+                .is_some_and(|c| c.of(owner) == Some(spec)),
+            Item::Chain {
+                family,
+                name,
+                chain,
+            } => table(family)
+                .chains
+                .get(name)
+                .is_some_and(|c| c.of(owner) == Some(chain)),
+            Item::Element {
+                family,
+                set,
+                key,
+                value,
+            } => table(family)
+                .elements
+                .get(set)
+                .and_then(|keys| keys.get(key))
+                .is_some_and(|c| c.of(owner) == Some(value)),
+        }
+    }
+
     /// Removes everything `owner` contributes.
-    pub fn remove(&mut self, owner: &Owner, touched: &mut BTreeSet<ObjectRef>) {
+    pub fn remove(&mut self, owner: &Owner, touched: &mut impl Touched) {
         self.replace(owner.clone(), Vec::new(), touched);
     }
 
@@ -171,49 +301,55 @@ impl Ruleset {
     }
 
     fn claim(&mut self, owner: &Owner, item: &Item) -> Option<Conflict> {
+        let object = || item.object_ref();
         match item {
-            Item::Set { family, name, spec } => self.tables[family.index()]
-                .sets
-                .entry(name.clone())
-                .or_insert_with(|| Claims(Vec::new()))
-                .claim(owner, spec.clone(), || item.object_ref()),
+            Item::Set { family, name, spec } => claim_at(
+                &mut self.tables[family.index()].sets,
+                name.clone(),
+                owner,
+                spec.clone(),
+                object,
+            ),
             Item::Chain {
                 family,
                 name,
                 chain,
-            } => self.tables[family.index()]
-                .chains
-                .entry(name.clone())
-                .or_insert_with(|| Claims(Vec::new()))
-                .claim(owner, chain.clone(), || item.object_ref()),
+            } => claim_at(
+                &mut self.tables[family.index()].chains,
+                name.clone(),
+                owner,
+                chain.clone(),
+                object,
+            ),
             Item::Element {
                 family,
                 set,
                 key,
                 value,
-            } => self.tables[family.index()]
-                .elements
-                .entry(set.clone())
-                .or_default()
-                .entry(key.clone())
-                .or_insert_with(|| Claims(Vec::new()))
-                .claim(owner, value.clone(), || item.object_ref()),
+            } => claim_at(
+                self.tables[family.index()]
+                    .elements
+                    .entry(set.clone())
+                    .or_default(),
+                key.clone(),
+                owner,
+                value.clone(),
+                object,
+            ),
         }
     }
 
-    fn release(&mut self, owner: &Owner, item: &Item) {
-        match item {
-            Item::Set { family, name, .. } => {
+    fn release(&mut self, owner: &Owner, object: &ObjectRef) {
+        match object {
+            ObjectRef::Set(family, name) => {
                 let sets = &mut self.tables[family.index()].sets;
                 release_in(sets, name, owner);
             }
-            Item::Chain { family, name, .. } => {
+            ObjectRef::Chain(family, name) => {
                 let chains = &mut self.tables[family.index()].chains;
                 release_in(chains, name, owner);
             }
-            Item::Element {
-                family, set, key, ..
-            } => {
+            ObjectRef::Element(family, set, key) => {
                 let elements = &mut self.tables[family.index()].elements;
                 if let Some(keys) = elements.get_mut(set) {
                     release_in(keys, key, owner);
@@ -309,11 +445,10 @@ fn release_in<K: Ord, T: PartialEq + Clone>(
     key: &K,
     owner: &Owner,
 ) {
-    if let Some(claims) = map.get_mut(key) {
-        claims.release(owner);
-        if claims.0.is_empty() {
-            map.remove(key);
-        }
+    if let Some(claims) = map.get_mut(key)
+        && claims.release(owner)
+    {
+        map.remove(key);
     }
 }
 
@@ -336,8 +471,9 @@ mod tests {
             set: SetName::new("service-ips").unwrap(),
             key: ElementKey::Addr("10.0.0.1".parse().unwrap()),
             value: ElementValue {
-                verdict: Some(Verdict::Goto(ChainName::new(chain).unwrap())),
-                target: None,
+                data: crate::ruleset::ElementData::Verdict(Verdict::Goto(
+                    ChainName::new(chain).unwrap(),
+                )),
                 comment: None,
             },
         }
@@ -349,7 +485,7 @@ mod tests {
             &SetName::new("service-ips").unwrap(),
             &ElementKey::Addr("10.0.0.1".parse().unwrap()),
         )
-        .map(|v| v.verdict.as_ref().unwrap().to_string())
+        .map(|v| v.verdict().unwrap().to_string())
     }
 
     #[test]

@@ -57,12 +57,18 @@ impl KernelState {
 
     /// Records the effect of a committed transaction.
     pub fn apply(&mut self, tx: &Transaction) {
-        for op in &tx.ops {
+        self.apply_owned(tx.clone());
+    }
+
+    /// Records the effect of a committed transaction, taking its elements over (a start-up
+    /// transaction holds every element once; they are moved, not copied).
+    pub fn apply_owned(&mut self, tx: Transaction) {
+        for op in tx.ops {
             self.apply_op(op);
         }
     }
 
-    fn apply_op(&mut self, op: &Op) {
+    fn apply_op(&mut self, op: Op) {
         let slot = &mut self.tables[op.family().index()];
         match op {
             Op::AddTable(_) => {
@@ -80,41 +86,41 @@ impl KernelState {
 }
 
 impl KernelTable {
-    fn apply_op(&mut self, op: &Op) {
+    fn apply_op(&mut self, op: Op) {
         match op {
             Op::AddTable(_) | Op::DeleteTable(_) => {}
             Op::AddSet(_, name, spec) => {
-                self.sets.entry(name.clone()).or_insert_with(|| KernelSet {
-                    spec: (**spec).clone(),
+                self.sets.entry(name).or_insert_with(|| KernelSet {
+                    spec: (*spec).clone(),
                     elements: BTreeMap::new(),
                     foreign_elements: false,
                 });
             }
             Op::FlushSet(_, name) => {
-                if let Some(set) = self.sets.get_mut(name) {
+                if let Some(set) = self.sets.get_mut(&name) {
                     set.elements.clear();
                     set.foreign_elements = false;
                 }
             }
             Op::DeleteSet(_, name) => {
-                self.sets.remove(name);
+                self.sets.remove(&name);
             }
             Op::AddChain(_, name, base) => {
-                self.chains.entry(name.clone()).or_insert(KernelChain {
-                    base: *base,
+                self.chains.entry(name).or_insert(KernelChain {
+                    base,
                     content: ChainContent::Empty,
                 });
             }
             Op::FlushChain(_, name) => {
-                if let Some(chain) = self.chains.get_mut(name) {
+                if let Some(chain) = self.chains.get_mut(&name) {
                     chain.content = ChainContent::Empty;
                 }
             }
             Op::DeleteChain(_, name) => {
-                self.chains.remove(name);
+                self.chains.remove(&name);
             }
             Op::AddRules(_, name, chain) => {
-                if let Some(k) = self.chains.get_mut(name) {
+                if let Some(k) = self.chains.get_mut(&name) {
                     k.content = ChainContent::Ours {
                         digest: chain.digest(),
                         rules: chain.rules.len(),
@@ -122,15 +128,13 @@ impl KernelTable {
                 }
             }
             Op::AddElements(_, set, elements) => {
-                if let Some(s) = self.sets.get_mut(set) {
-                    for (k, v) in elements {
-                        s.elements.insert(k.clone(), v.clone());
-                    }
+                if let Some(s) = self.sets.get_mut(&set) {
+                    s.elements.extend(elements);
                 }
             }
             Op::DeleteElements(_, set, keys) => {
-                if let Some(s) = self.sets.get_mut(set) {
-                    for k in keys {
+                if let Some(s) = self.sets.get_mut(&set) {
+                    for k in &keys {
                         s.elements.remove(k);
                     }
                 }

@@ -505,22 +505,45 @@ impl Comment {
 }
 name_fmt!(Comment);
 
+/// The data of a map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum ElementData {
+    /// A set's element.
+    #[default]
+    None,
+    Verdict(Verdict),
+    /// A DNAT map's address.
+    Target(IpAddr),
+}
+
 /// What an element carries besides its key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct ElementValue {
-    pub verdict: Option<Verdict>,
-    /// The DNAT address of a target map's element.
-    pub target: Option<IpAddr>,
+    pub data: ElementData,
     pub comment: Option<Comment>,
 }
 
 impl ElementValue {
-    /// The data part as nft writes it after ` : ` (a verdict, or `address . port`).
+    pub fn verdict(&self) -> Option<&Verdict> {
+        match &self.data {
+            ElementData::Verdict(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn target(&self) -> Option<IpAddr> {
+        match &self.data {
+            ElementData::Target(a) => Some(*a),
+            _ => None,
+        }
+    }
+
+    /// The data part as nft writes it after ` : ` (a verdict, or an address).
     pub fn data_text(&self) -> Option<String> {
-        match (&self.verdict, &self.target) {
-            (Some(v), _) => Some(v.to_string()),
-            (None, Some(t)) => Some(t.to_string()),
-            (None, None) => None,
+        match &self.data {
+            ElementData::None => None,
+            ElementData::Verdict(v) => Some(v.to_string()),
+            ElementData::Target(a) => Some(a.to_string()),
         }
     }
 }

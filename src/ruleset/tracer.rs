@@ -400,7 +400,7 @@ impl<'a> Tracer<'a> {
             .map(|i| {
                 self.ruleset
                     .element(self.family, &name, &key(i))
-                    .and_then(|v| v.target)
+                    .and_then(|v| v.target())
             })
             .collect();
         if targets.iter().all(Option::is_none) {
@@ -420,7 +420,7 @@ impl<'a> Tracer<'a> {
         match self
             .ruleset
             .element(self.family, &name, key)
-            .and_then(|v| v.verdict.clone())
+            .and_then(|v| v.verdict().cloned())
         {
             None => vec![Step::Next(masquerade)],
             Some(Verdict::Goto(c)) => vec![Step::Goto(c.to_string(), masquerade)],

@@ -22,6 +22,9 @@ use crate::ruleset::{
     SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
+/// Size at which a batch's buffer is closed and a new one started.
+pub const CHUNK: usize = 1 << 20;
+
 /// Elements per message: keeps the nested element list well under the 64 KiB attribute limit.
 const ELEMENTS_PER_MESSAGE: usize = 256;
 
@@ -112,7 +115,9 @@ pub enum Doing {
 
 /// An encoded batch and what each sequence number stands for.
 pub struct Batch {
-    pub bytes: Vec<u8>,
+    /// The messages, in chunks of about [`CHUNK`] bytes (each message whole in one chunk), sent
+    /// together with one `sendmsg`: a large batch never needs one contiguous, doubling buffer.
+    pub chunks: Vec<Vec<u8>>,
     /// What each message does, by sequence number minus `seq_base`.
     doing: Vec<Doing>,
     seq_base: u32,
@@ -176,6 +181,8 @@ fn nf_family(f: Family) -> u8 {
 /// Builds one batch.
 struct Encoder<'p> {
     w: Writer,
+    /// Full chunks.
+    chunks: Vec<Vec<u8>>,
     doing: Vec<Doing>,
     seq_base: u32,
     ids: SetIds,
@@ -184,6 +191,11 @@ struct Encoder<'p> {
 
 impl Encoder<'_> {
     fn begin(&mut self, msg: Msg, flags: u16, family: Family, doing: Doing) {
+        if self.w.len() >= CHUNK {
+            let full = std::mem::take(&mut self.w);
+            self.chunks.push(full.into_bytes());
+            self.w.reserve(CHUNK + CHUNK / 8);
+        }
         let seq = self.seq_base.wrapping_add(self.doing.len() as u32);
         self.doing.push(doing);
         self.w
@@ -634,9 +646,9 @@ fn write_element(w: &mut Writer, key: &ElementKey, value: Option<&ElementValue>)
     w.open(1); // NFTA_LIST_ELEM
     write_key(w, 1, &key_bytes(key)); // NFTA_SET_ELEM_KEY
     if let Some(value) = value {
-        if let Some(v) = &value.verdict {
+        if let Some(v) = value.verdict() {
             write_verdict(w, v);
-        } else if let Some(t) = &value.target {
+        } else if let Some(t) = &value.target() {
             write_key(w, 2, &addr_bytes(t)); // NFTA_SET_ELEM_DATA { NFTA_DATA_VALUE }
         }
         if let Some(c) = &value.comment {
@@ -802,6 +814,7 @@ pub fn encode(
 ) -> Result<Batch, EncodeError> {
     let mut enc = Encoder {
         w: Writer::new(),
+        chunks: Vec::new(),
         doing: Vec::new(),
         seq_base,
         ids: SetIds(0),
@@ -812,8 +825,12 @@ pub fn encode(
         enc.op(index, op)?;
     }
     let end_seq = enc.delimiter(MSG_BATCH_END);
+    let mut chunks = enc.chunks;
+    let mut last = enc.w.into_bytes();
+    last.shrink_to_fit();
+    chunks.push(last);
     Ok(Batch {
-        bytes: enc.w.into_bytes(),
+        chunks,
         doing: enc.doing,
         seq_base,
         end_seq,

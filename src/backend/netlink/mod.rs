@@ -84,7 +84,7 @@ impl Backend for NetlinkBackend {
         self.socket.reserve_seq(batch.messages() as u32);
         let outcome = self
             .socket
-            .send_batch(&batch.bytes, batch.end_seq)
+            .send_batch(&batch.chunks, batch.end_seq)
             .map_err(|e| BackendError::Netlink(e.to_string()))?;
         if !outcome.refused.is_empty() {
             return Err(BackendError::Refused(

@@ -18,8 +18,8 @@ use super::wire::{
 use crate::model::{Family, Protocol};
 use crate::ruleset::kernel::{ChainContent, KernelChain, KernelSet, KernelTable};
 use crate::ruleset::{
-    BaseChain, ChainName, ChainType, Comment, Digest, ElementKey, ElementValue, Hook, KeyType,
-    SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
+    BaseChain, ChainName, ChainType, Comment, Digest, ElementData, ElementKey, ElementValue, Hook,
+    KeyType, SetData, SetFlag, SetName, SetSpec, TABLE_NAME, Verdict,
 };
 
 const ENOENT: i32 = 2;
@@ -319,24 +319,19 @@ fn element(item: &Attr<'_>, spec: &SetSpec) -> Option<(ElementKey, ElementValue)
     let key_bytes = nested(&nested(item, 1)?, 1)?.data;
     let key = decode_key(key_bytes, &spec.key)?;
     let data = nested(item, 2);
-    let (verdict, target) = match (spec.data, data) {
-        (SetData::Verdict, Some(d)) => (Some(decode_verdict(&nested(&d, 2)?)?), None),
-        (SetData::Target(f), Some(d)) => (None, Some(decode_target(nested(&d, 1)?.data, f)?)),
-        (SetData::None, None) => (None, None),
+    let data = match (spec.data, data) {
+        (SetData::Verdict, Some(d)) => ElementData::Verdict(decode_verdict(&nested(&d, 2)?)?),
+        (SetData::Target(f), Some(d)) => {
+            ElementData::Target(decode_target(nested(&d, 1)?.data, f)?)
+        }
+        (SetData::None, None) => ElementData::None,
         _ => return None,
     };
     let comment = match nested(item, 6).and_then(|u| udata_comment(u.data, 0)) {
         Some(c) => Some(Comment::new(&c).ok()?),
         None => None,
     };
-    Some((
-        key,
-        ElementValue {
-            verdict,
-            target,
-            comment,
-        },
-    ))
+    Some((key, ElementValue { data, comment }))
 }
 
 fn decode_addr(b: &[u8]) -> Option<IpAddr> {

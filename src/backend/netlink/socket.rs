@@ -3,11 +3,11 @@
 //! message; runs dumps. The batch's end message asks for an acknowledgement, which the kernel
 //! sends only after a successful commit.
 
-use std::io;
-use std::os::fd::AsFd;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, AsRawFd};
 
 use netlink_sys::{Socket, SocketAddr, constants::NETLINK_NETFILTER};
-use nix::sys::socket::{MsgFlags, setsockopt, sockopt};
+use nix::sys::socket::{MsgFlags, NetlinkAddr, sendmsg, setsockopt, sockopt};
 
 use super::wire::{Message, NLMSG_DONE, NLMSG_ERROR, Writer, messages};
 
@@ -69,19 +69,23 @@ impl NfSocket {
 
     /// Sends a whole batch (`BATCH_BEGIN` … `BATCH_END`, the end numbered `end_seq` and asking
     /// for an acknowledgement) and reads every answer to it.
-    pub fn send_batch(&mut self, bytes: &[u8], end_seq: u32) -> io::Result<BatchOutcome> {
+    pub fn send_batch(&mut self, chunks: &[Vec<u8>], end_seq: u32) -> io::Result<BatchOutcome> {
         self.drain_stale()?;
-        // A netlink message must fit the send buffer; nft does the same.
-        let needed = bytes.len() + 64 * 1024;
+        // The whole batch is one datagram and must fit the send buffer; nft does the same.
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        let needed = total + 64 * 1024;
         if needed > self.sndbuf {
             setsockopt(&self.socket.as_fd(), sockopt::SndBufForce, &needed).map_err(os_err)?;
             self.sndbuf = needed;
         }
+        let iov: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c)).collect();
         loop {
-            match self.socket.send(bytes, 0) {
+            let sent =
+                sendmsg::<NetlinkAddr>(self.socket.as_raw_fd(), &iov, &[], MsgFlags::empty(), None);
+            match sent {
                 Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(os_err(e)),
             }
         }
         let mut outcome = BatchOutcome::default();

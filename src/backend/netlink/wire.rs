@@ -174,6 +174,10 @@ impl Writer {
         self.buf.len()
     }
 
+    pub fn reserve(&mut self, additional: usize) {
+        self.buf.reserve(additional);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
