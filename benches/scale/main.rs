@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench scale                      # 1,000 / 10,000 / 50,000 Services, both backends
 //! cargo bench --bench scale -- --sizes 10000 --backends netlink --changes 500
-//! cargo bench --bench scale -- --nft-changes 20  # fewer samples for the (slow) nft backend
+//! cargo bench --bench scale -- --nft-changes 200,200,20  # per size: fewer for slow nft runs
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a quick run at 300 Services
@@ -93,7 +93,8 @@ fn main() {
     );
     let changes =
         option(&args, "--changes").map_or(if full { 200 } else { 10 }, |s| numbers(&s)[0]);
-    let nft_changes = option(&args, "--nft-changes").map_or(changes, |s| numbers(&s)[0]);
+    // One number for every size, or one per size.
+    let nft_changes = option(&args, "--nft-changes").map_or_else(Vec::new, |s| numbers(&s));
     let edits = option(&args, "--edits").map_or(if full { 5 } else { 2 }, |s| numbers(&s)[0]);
     let with_daemon = !args.iter().any(|a| a == "--no-daemon");
     let out = option(&args, "--out").map_or_else(
@@ -106,10 +107,15 @@ fn main() {
     );
     let timeout = Duration::from_secs(3 * 3600);
     let mut runs = Vec::new();
-    for &n in &sizes {
+    for (at, &n) in sizes.iter().enumerate() {
         for backend in &backends {
             let kind: &'static str = if backend == "nft" { "nft" } else { "netlink" };
-            let samples = if kind == "nft" { nft_changes } else { changes };
+            let nft_samples = match nft_changes.as_slice() {
+                [] => changes,
+                [one] => *one,
+                list => list.get(at).copied().unwrap_or(changes),
+            };
+            let samples = if kind == "nft" { nft_samples } else { changes };
             eprintln!("{kind}: {n} Services, {samples} endpoint changes …");
             let latencies = {
                 let ns = Netns::new("inproc");
