@@ -62,7 +62,11 @@ fn build(renderer: &Renderer, services: &[Arc<Service>], slices: &[Arc<EndpointS
     for (svc, slice) in services.iter().zip(slices) {
         let plan = plan_service(svc, std::slice::from_ref(slice), &node);
         let items = renderer.service(&plan, &node).expect("render");
-        ruleset.replace(Owner::Service(svc.key.clone()), items, &mut touched);
+        ruleset.replace(
+            Owner::Service(Arc::new(svc.key.clone())),
+            items,
+            &mut touched,
+        );
     }
     ruleset
 }
@@ -103,7 +107,7 @@ fn pipeline(c: &mut Criterion) {
                 let items = renderer.service(&plan, &node).expect("render");
                 let mut touched = BTreeSet::new();
                 ruleset.replace(
-                    Owner::Service(services[target].key.clone()),
+                    Owner::Service(Arc::new(services[target].key.clone())),
                     items,
                     &mut touched,
                 );

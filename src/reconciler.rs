@@ -429,7 +429,7 @@ impl Reconciler {
             }
             let mut all: BTreeSet<ServiceKey> = self.state.service_keys().cloned().collect();
             all.extend(self.desired.owners().filter_map(|o| match o {
-                Owner::Service(k) => Some(k.clone()),
+                Owner::Service(k) => Some((**k).clone()),
                 Owner::Base => None,
             }));
             self.rerender_all = false;
@@ -443,7 +443,7 @@ impl Reconciler {
     }
 
     fn render_service(&mut self, key: ServiceKey) {
-        let owner = Owner::Service(key.clone());
+        let owner = Owner::Service(Arc::new(key.clone()));
         let Some(service) = self.state.service(&key).cloned() else {
             self.replace_fragment(owner, Vec::new());
             self.health_checks.remove(&key);

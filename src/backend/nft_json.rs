@@ -256,7 +256,9 @@ fn key(parts: &[&Value], types: &[KeyType]) -> Option<ElementKey> {
     let key = match (parts, types) {
         ([a], _) => ElementKey::Addr(addr(a)?),
         ([a, b], [KeyType::Ipv4Addr | KeyType::Ipv6Addr, _]) => {
-            ElementKey::AddrPair(addr(a)?, addr(b)?)
+            let a = addr(a)?;
+            // Only pairs of one address are ours.
+            (addr(b)? == a).then_some(ElementKey::Hairpin(a))?
         }
         ([p, n], _) => ElementKey::ProtoPort(proto(p)?, port(n)?),
         ([a, p, n], [_, _, KeyType::InetService]) => {

@@ -464,6 +464,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Converted<Endp
     }
 
     let mut endpoints = Vec::with_capacity(slice.endpoints.len());
+    let mut nodes: Vec<Subdomain> = Vec::new();
     for (i, ep) in slice.endpoints.iter().enumerate() {
         let field = format!("endpoints[{i}]");
         let Some(first) = ep.addresses.first() else {
@@ -478,14 +479,19 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Converted<Endp
             ));
         }
         let conditions = ep.conditions.as_ref();
-        let node_name = ep
-            .node_name
-            .as_deref()
-            .map(|n| {
-                Subdomain::parse(n)
-                    .map_err(|e| c.fail(InvalidReason::Name, format!("{field}.nodeName"), e))
-            })
-            .transpose()?;
+        let node_name = match ep.node_name.as_deref() {
+            // Endpoints of a slice share a few nodes: share their names too.
+            Some(n) => Some(match nodes.iter().find(|s| s.as_str() == n) {
+                Some(known) => known.clone(),
+                None => {
+                    let parsed = Subdomain::parse(n)
+                        .map_err(|e| c.fail(InvalidReason::Name, format!("{field}.nodeName"), e))?;
+                    nodes.push(parsed.clone());
+                    parsed
+                }
+            }),
+            None => None,
+        };
         let hints = ep.hints.as_ref();
         endpoints.push(Endpoint {
             addr,

@@ -76,7 +76,7 @@ fn ruleset(node: &NodeSettings, services: &[ServiceBuilder], slices: &[SliceBuil
             .collect();
         let plan = plan_service(&svc, &mine, node);
         ruleset.replace(
-            Owner::Service(svc.key.clone()),
+            Owner::Service(std::sync::Arc::new(svc.key.clone())),
             renderer.service(&plan, node).unwrap(),
             &mut touched,
         );

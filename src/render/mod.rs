@@ -195,7 +195,7 @@ impl PortRenderer<'_> {
         // Hairpin traffic is recognised after DNAT: source and destination are the endpoint.
         let hairpin = self.renderer.known.hairpin.clone();
         for ip in &port.hairpin_ips {
-            self.push_element(&hairpin, ElementKey::AddrPair(*ip, *ip), None, false)?;
+            self.push_element(&hairpin, ElementKey::Hairpin(*ip), None, false)?;
         }
         if self.target_port().is_none() {
             for endpoint in port.reachable_endpoints() {

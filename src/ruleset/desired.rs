@@ -16,7 +16,8 @@ use crate::model::{Family, ServiceKey};
 pub enum Owner {
     /// The table layout every node has.
     Base,
-    Service(ServiceKey),
+    /// Shared by all of one fragment's claims.
+    Service(Arc<ServiceKey>),
 }
 
 impl std::fmt::Display for Owner {
@@ -459,10 +460,10 @@ mod tests {
     use crate::ruleset::Verdict;
 
     fn owner(name: &str) -> Owner {
-        Owner::Service(ServiceKey {
+        Owner::Service(Arc::new(ServiceKey {
             namespace: Label::parse("ns").unwrap(),
             name: Label::parse(name).unwrap(),
-        })
+        }))
     }
 
     fn element(chain: &str) -> Item {

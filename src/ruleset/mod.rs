@@ -410,8 +410,8 @@ pub enum ElementKey {
     /// A destination and the index of an endpoint among the service port's endpoints.
     AddrProtoPortIndex(IpAddr, Protocol, u16, u32),
     ProtoPortIndex(Protocol, u16, u32),
-    /// Source and destination address.
-    AddrPair(IpAddr, IpAddr),
+    /// Source and destination address, the same one (`a . a`: hairpin traffic).
+    Hairpin(IpAddr),
 }
 
 impl ElementKey {
@@ -427,7 +427,7 @@ impl ElementKey {
                 addr_ok(a, t)
             }
             (ElementKey::ProtoPortIndex(..), [InetProto, InetService, Index]) => true,
-            (ElementKey::AddrPair(a, b), [t, u]) => addr_ok(a, t) && addr_ok(b, u),
+            (ElementKey::Hairpin(a), [t, u]) => addr_ok(a, t) && addr_ok(a, u),
             _ => false,
         }
     }
@@ -441,7 +441,7 @@ impl fmt::Display for ElementKey {
             ElementKey::ProtoPort(p, n) => write!(f, "{p} . {n}"),
             ElementKey::AddrProtoPortIndex(a, p, n, i) => write!(f, "{a} . {p} . {n} . {i}"),
             ElementKey::ProtoPortIndex(p, n, i) => write!(f, "{p} . {n} . {i}"),
-            ElementKey::AddrPair(a, b) => write!(f, "{a} . {b}"),
+            ElementKey::Hairpin(a) => write!(f, "{a} . {a}"),
         }
     }
 }

@@ -230,8 +230,10 @@ impl<'a> Tracer<'a> {
                 [f, "saddr", ".", g, "daddr", set, ..] if *f == fam && *g == fam => {
                     let name =
                         SetName::new(set.trim_start_matches('@')).unwrap_or_else(|e| panic!("{e}"));
-                    let key = ElementKey::AddrPair(packet.src, packet.dst);
-                    if self.ruleset.element(self.family, &name, &key).is_none() {
+                    let key = ElementKey::Hairpin(packet.src);
+                    if packet.src != packet.dst
+                        || self.ruleset.element(self.family, &name, &key).is_none()
+                    {
                         return vec![Step::Next(masquerade)];
                     }
                     i += 6;

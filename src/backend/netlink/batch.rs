@@ -607,9 +607,9 @@ pub fn key_bytes(key: &ElementKey) -> Vec<u8> {
             proto_port(&mut out, p.ip_number(), *n);
             out.extend_from_slice(&host(*i));
         }
-        ElementKey::AddrPair(a, b) => {
+        ElementKey::Hairpin(a) => {
             out.extend(addr_bytes(a));
-            out.extend(addr_bytes(b));
+            out.extend(addr_bytes(a));
         }
     }
     out

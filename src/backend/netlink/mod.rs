@@ -20,6 +20,8 @@ use socket::NfSocket;
 
 /// Refusals quoted in an error (a failed batch may have many).
 const MAX_REPORTED: usize = 5;
+/// The table a validation reset creates and deletes in one batch (never visible).
+const RESET_TABLE: &str = "kube-nft-proxy-reset";
 
 /// Programs nf_tables over netlink.
 pub struct NetlinkBackend {
@@ -69,6 +71,50 @@ impl NetlinkBackend {
     }
 }
 
+impl NetlinkBackend {
+    /// After a refused batch the kernel validates the whole of every table created in this
+    /// namespace after each message of the next batch (quadratic at scale) until a commit
+    /// succeeds. A batch that adds and deletes a scratch table commits without changing
+    /// anything, and resets that.
+    fn reset_validation(&mut self) {
+        let seq = self.socket.reserve_seq(4);
+        let mut w = wire::Writer::new();
+        w.begin(
+            wire::MSG_BATCH_BEGIN,
+            wire::NLM_F_REQUEST,
+            seq,
+            0,
+            wire::SUBSYS_NFTABLES,
+        );
+        w.end();
+        for (i, msg) in [wire::Msg::NewTable, wire::Msg::DelTable]
+            .into_iter()
+            .enumerate()
+        {
+            w.begin(
+                msg.netlink_type(),
+                wire::NLM_F_REQUEST,
+                seq + 1 + i as u32,
+                2,
+                0,
+            );
+            w.string(1, RESET_TABLE); // NFTA_TABLE_NAME
+            w.end();
+        }
+        w.begin(
+            wire::MSG_BATCH_END,
+            wire::NLM_F_REQUEST | wire::NLM_F_ACK,
+            seq + 3,
+            0,
+            wire::SUBSYS_NFTABLES,
+        );
+        w.end();
+        if let Err(e) = self.socket.send_batch(&[w.into_bytes()], seq + 3) {
+            tracing::debug!(error = %e, "validation reset failed");
+        }
+    }
+}
+
 impl Backend for NetlinkBackend {
     fn name(&self) -> &'static str {
         "netlink"
@@ -86,15 +132,14 @@ impl Backend for NetlinkBackend {
             .socket
             .send_batch(&batch.chunks, batch.end_seq)
             .map_err(|e| BackendError::Netlink(e.to_string()))?;
-        if !outcome.refused.is_empty() {
-            return Err(BackendError::Refused(
-                self.describe(&batch, &outcome.refused),
-            ));
-        }
-        if !outcome.committed {
-            return Err(BackendError::Refused(
-                "the kernel did not confirm the commit".into(),
-            ));
+        if !outcome.refused.is_empty() || !outcome.committed {
+            let described = if outcome.refused.is_empty() {
+                "the kernel did not confirm the commit".to_string()
+            } else {
+                self.describe(&batch, &outcome.refused)
+            };
+            self.reset_validation();
+            return Err(BackendError::Refused(described));
         }
         Ok(())
     }

@@ -371,7 +371,11 @@ fn decode_key(bytes: &[u8], types: &[KeyType]) -> Option<ElementKey> {
     use KeyType::{Index, InetService, Ipv4Addr, Ipv6Addr};
     let key = match (types, parts.as_slice()) {
         ([_], [a]) => ElementKey::Addr(addr(a)?),
-        ([Ipv4Addr | Ipv6Addr, _], [a, b]) => ElementKey::AddrPair(addr(a)?, addr(b)?),
+        ([Ipv4Addr | Ipv6Addr, _], [a, b]) => {
+            let a = addr(a)?;
+            // Only pairs of one address are ours.
+            (addr(b)? == a).then_some(ElementKey::Hairpin(a))?
+        }
         ([_, _], [p, n]) => ElementKey::ProtoPort(proto(p)?, port(n)?),
         ([_, _, InetService], [a, p, n]) => {
             ElementKey::AddrProtoPort(addr(a)?, proto(p)?, port(n)?)
