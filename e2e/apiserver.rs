@@ -1,7 +1,8 @@
 //! A test API server that speaks the real list/watch protocol for Services, EndpointSlices and
 //! Nodes over HTTP: resourceVersions, watch events (ADDED, MODIFIED, DELETED, BOOKMARK), label and
 //! field selectors, 410 Gone for versions older than the compacted history, and create, replace,
-//! get and delete, so tests change objects through kube's own `Api`.
+//! get and delete, so tests change objects through kube's own `Api`; it also records the Events
+//! (events.k8s.io/v1) the proxy creates.
 //!
 //! It listens twice: inside the node's network namespace (for the proxy) and on the test's own
 //! loopback (for the test's kube client). It runs on its own runtime, so `stop` drops every
@@ -67,6 +68,8 @@ struct Store {
     compacted: u64,
     /// Watch requests are refused (a broken API server) while set.
     refuse_watches: bool,
+    /// Events (events.k8s.io/v1) created, with their series patches merged in.
+    events: Vec<Value>,
 }
 
 type Shared = Arc<(Mutex<Store>, broadcast::Sender<Change>)>;
@@ -192,6 +195,11 @@ impl ApiServer {
 
     pub fn remove(&self, resource: Resource, namespace: &str, name: &str) {
         remove(&self.shared, resource, namespace, name);
+    }
+
+    /// The Events created so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.0.lock().expect("store").events.clone()
     }
 }
 
@@ -556,6 +564,37 @@ async fn one(
     }
 }
 
+/// `POST …/events`: stores the Event.
+async fn create_event(shared: Shared, namespace: String, body: Bytes) -> Response {
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    event["metadata"]["namespace"] = namespace.into();
+    shared.0.lock().expect("store").events.push(event.clone());
+    ok(StatusCode::CREATED, event)
+}
+
+/// `PATCH …/events/{name}` (merge patch): the recorder's series updates.
+async fn patch_event(shared: Shared, name: String, body: Bytes) -> Response {
+    let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let mut store = shared.0.lock().expect("store");
+    let Some(event) = store
+        .events
+        .iter_mut()
+        .find(|e| e["metadata"]["name"] == name.as_str())
+    else {
+        return status(StatusCode::NOT_FOUND, "NotFound", &name);
+    };
+    if let (Some(target), Some(fields)) = (event.as_object_mut(), patch.as_object()) {
+        for (k, v) in fields {
+            target.insert(k.clone(), v.clone());
+        }
+    }
+    ok(StatusCode::OK, event.clone())
+}
+
 fn router(shared: Shared) -> Router {
     let collection = |resource: Resource| {
         get(
@@ -640,6 +679,22 @@ fn router(shared: Shared) -> Router {
         .route(
             "/apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices/{name}",
             item(Resource::EndpointSlices),
+        )
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+            axum::routing::post(
+                |State(s): State<Shared>, Path(ns): Path<String>, body: Bytes| {
+                    create_event(s, ns, body)
+                },
+            ),
+        )
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events/{name}",
+            axum::routing::patch(
+                |State(s): State<Shared>,
+                 Path((_ns, name)): Path<(String, String)>,
+                 body: Bytes| patch_event(s, name, body),
+            ),
         )
         .with_state(shared)
 }

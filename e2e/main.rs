@@ -11,6 +11,7 @@ mod lifecycle;
 mod manifests;
 mod masquerade;
 mod objects;
+mod observability;
 mod policies;
 mod rows;
 mod tables;

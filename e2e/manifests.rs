@@ -75,7 +75,7 @@ fn every_manifest_is_a_known_object_without_unknown_fields() {
 }
 
 #[test]
-fn the_cluster_role_grants_only_reading_services_slices_and_nodes() {
+fn the_cluster_role_grants_only_reading_services_slices_and_nodes_and_writing_events() {
     let role: ClusterRole = find("ClusterRole");
     let mut grants = BTreeSet::new();
     for rule in role.rules.unwrap_or_default() {
@@ -87,10 +87,15 @@ fn the_cluster_role_grants_only_reading_services_slices_and_nodes() {
             }
         }
     }
-    let want: BTreeSet<String> = ["/services", "/nodes", "discovery.k8s.io/endpointslices"]
+    let mut want: BTreeSet<String> = ["/services", "/nodes", "discovery.k8s.io/endpointslices"]
         .iter()
         .flat_map(|r| ["get", "list", "watch"].map(|v| format!("{r}:{v}")))
         .collect();
+    // Warning Events about objects it cannot program, and their repeat counts.
+    want.extend([
+        "events.k8s.io/events:create".into(),
+        "events.k8s.io/events:patch".into(),
+    ]);
     assert_eq!(grants, want);
     let binding: ClusterRoleBinding = find("ClusterRoleBinding");
     let account: ServiceAccount = find("ServiceAccount");

@@ -173,6 +173,11 @@ impl NodeBuilder {
         self
     }
 
+    pub fn with(mut self, pointer: &str, value: impl Into<Value>) -> NodeBuilder {
+        set_pointer(&mut self.doc, pointer, value.into());
+        self
+    }
+
     pub fn json(&self) -> &Value {
         &self.doc
     }
@@ -203,7 +208,8 @@ fn set_pointer(doc: &mut Value, pointer: &str, value: Value) {
                 }
                 &mut list[i]
             }
-            Err(_) => &mut at[part],
+            // JSON pointer escapes: `~1` is `/` (annotation keys), `~0` is `~`.
+            Err(_) => &mut at[part.replace("~1", "/").replace("~0", "~").as_str()],
         };
     }
     *at = value;

@@ -20,27 +20,60 @@ pub struct Health {
     pub status: Arc<Mutex<SyncStatus>>,
     /// Twice the sync period.
     pub timeout: Duration,
+    /// Counts answers (`kubeproxy_proxy_healthz_total`, `kubeproxy_proxy_livez_total`).
+    pub metrics: Option<Metrics>,
+}
+
+/// Which health endpoint answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// `/healthz`: also fails while this node is being deleted or drained by the autoscaler.
+    Healthz,
+    /// `/livez`: only whether syncs keep up.
+    Livez,
 }
 
 impl Health {
-    /// `(healthy, last updated)` at `now`.
+    /// `(syncs keep up, last updated)` at `now`.
     pub fn check(&self, now: SystemTime) -> (bool, Option<SystemTime>) {
-        let status = self.status.lock().map(|s| s.clone()).unwrap_or_default();
-        let stale = status
-            .queued_since
-            .and_then(|q| now.duration_since(q).ok())
-            .is_some_and(|waited| waited > self.timeout);
-        (!stale, status.last_updated)
+        let status = self.status();
+        (!self.stale(&status, now), status.last_updated)
     }
 
-    fn response(&self) -> impl IntoResponse + use<> {
-        let now = SystemTime::now();
-        let (healthy, last_updated) = self.check(now);
-        // Like kube-proxy, a healthy answer reports now as the last update.
-        let last = if healthy { Some(now) } else { last_updated };
+    fn status(&self) -> SyncStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn stale(&self, status: &SyncStatus, now: SystemTime) -> bool {
+        status
+            .queued_since
+            .and_then(|q| now.duration_since(q).ok())
+            .is_some_and(|waited| waited > self.timeout)
+    }
+
+    /// kube-proxy's answer: status code and JSON body.
+    pub fn answer(&self, probe: Probe, now: SystemTime) -> (StatusCode, String) {
+        let status = self.status();
+        let synced = !self.stale(&status, now);
+        let eligible = !status.node_terminating;
+        let healthy = match probe {
+            Probe::Healthz => synced && eligible,
+            Probe::Livez => synced,
+        };
+        // Like kube-proxy, a family that keeps up reports now as its last update.
+        let last = if synced {
+            Some(now)
+        } else {
+            status.last_updated
+        };
+        let last = last.map(rfc3339).unwrap_or_default();
+        let family = format!("{{\"lastUpdated\": \"{last}\", \"healthy\": {synced}}}");
+        let eligibility = match probe {
+            Probe::Healthz => format!(" \"nodeEligible\": {eligible},"),
+            Probe::Livez => String::new(),
+        };
         let body = format!(
-            "{{\"lastUpdated\": \"{}\",\"currentTime\": \"{}\", \"nodeEligible\": true, \"healthy\": {healthy}}}",
-            last.map(rfc3339).unwrap_or_default(),
+            "{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{}\",{eligibility} \"healthy\": {healthy}, \"status\": {{\"IPv4\": {family}, \"IPv6\": {family}}}}}",
             rfc3339(now)
         );
         let code = if healthy {
@@ -48,6 +81,18 @@ impl Health {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
+        if let Some(m) = &self.metrics {
+            let counter = match probe {
+                Probe::Healthz => &m.healthz,
+                Probe::Livez => &m.livez,
+            };
+            counter.with_label_values(&[code.as_str()]).inc();
+        }
+        (code, body)
+    }
+
+    fn response(&self, probe: Probe) -> impl IntoResponse + use<> {
+        let (code, body) = self.answer(probe, SystemTime::now());
         (code, json_headers(), body)
     }
 }
@@ -90,8 +135,14 @@ pub async fn serve_metrics(addr: SocketAddr, metrics: Metrics) -> std::io::Resul
 pub async fn serve_health(addr: SocketAddr, health: Health) -> std::io::Result<()> {
     let h1 = health.clone();
     let app = Router::new()
-        .route("/healthz", get(move || std::future::ready(h1.response())))
-        .route("/livez", get(move || std::future::ready(health.response())));
+        .route(
+            "/healthz",
+            get(move || std::future::ready(h1.response(Probe::Healthz))),
+        )
+        .route(
+            "/livez",
+            get(move || std::future::ready(health.response(Probe::Livez))),
+        );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     axum::serve(listener, app).await
 }
@@ -141,6 +192,7 @@ mod tests {
         let health = Health {
             status: status.clone(),
             timeout: Duration::from_secs(60),
+            metrics: None,
         };
         let now = SystemTime::now();
         assert!(health.check(now).0, "healthy while idle");
@@ -148,5 +200,36 @@ mod tests {
         assert!(health.check(now).0);
         status.lock().unwrap().queued_since = Some(now - Duration::from_secs(61));
         assert!(!health.check(now).0);
+    }
+
+    #[test]
+    fn healthz_also_fails_for_a_terminating_node_and_counts_answers() {
+        let status = Arc::new(Mutex::new(SyncStatus::default()));
+        let metrics = Metrics::new().unwrap();
+        let health = Health {
+            status: status.clone(),
+            timeout: Duration::from_secs(60),
+            metrics: Some(metrics.clone()),
+        };
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        let (code, body) = health.answer(Probe::Healthz, now);
+        assert_eq!(code, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["nodeEligible"], true);
+        assert_eq!(json["healthy"], true);
+        assert_eq!(json["status"]["IPv6"]["healthy"], true);
+        assert_eq!(json["lastUpdated"], "2024-02-29T23:59:59.000000000Z");
+        status.lock().unwrap().node_terminating = true;
+        let (code, body) = health.answer(Probe::Healthz, now);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["nodeEligible"], false);
+        let (code, body) = health.answer(Probe::Livez, now);
+        assert_eq!(code, StatusCode::OK, "livez ignores node eligibility");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(json.get("nodeEligible").is_none());
+        assert_eq!(metrics.healthz.with_label_values(&["200"]).get(), 1);
+        assert_eq!(metrics.healthz.with_label_values(&["503"]).get(), 1);
+        assert_eq!(metrics.livez.with_label_values(&["200"]).get(), 1);
     }
 }

@@ -12,12 +12,16 @@
 //! - [`ruleset`]: the IR (chains, rules, sets, elements), the desired ruleset and the kernel mirror.
 //! - [`diff`]: kernel mirror × desired ruleset → the smallest [`diff::Transaction`].
 //! - [`backend`]: applies a transaction atomically, reads the kernel back.
-//! - [`reconciler`]: the sync loop that ties them together; [`metrics`] and [`http`] expose it.
+//! - [`reconciler`]: the sync loop that ties them together; [`metrics`], [`http`] and [`events`]
+//!   expose it.
+//! - [`explain`] and [`trace`]: the operator's debugging commands.
 
 pub mod backend;
 pub mod config;
 pub mod conntrack;
 pub mod diff;
+pub mod events;
+pub mod explain;
 pub mod fixtures;
 pub mod health_check;
 pub mod http;
@@ -30,3 +34,4 @@ pub mod render;
 pub mod ruleset;
 pub mod source;
 pub mod state;
+pub mod trace;

@@ -12,8 +12,12 @@ use tracing::{error, info, warn};
 use kube_nft_proxy::backend::netlink::NetlinkBackend;
 use kube_nft_proxy::backend::nft::NftBackend;
 use kube_nft_proxy::backend::{Backend, Offline, script};
-use kube_nft_proxy::config::{BackendKind, Cli, Command, ProxyArgs, Settings, SourceKind};
+use kube_nft_proxy::config::{
+    BackendKind, Cli, Command, ExplainArgs, LogFormat, ProxyArgs, Settings, SourceKind, TraceArgs,
+    parse_duration,
+};
 use kube_nft_proxy::conntrack::Conntrack;
+use kube_nft_proxy::events::EventSink;
 use kube_nft_proxy::health_check::{self, HealthChecks};
 use kube_nft_proxy::http::{self, Health};
 use kube_nft_proxy::metrics::Metrics;
@@ -23,21 +27,83 @@ use kube_nft_proxy::render::templates::Templates;
 use kube_nft_proxy::source::Event;
 use kube_nft_proxy::source::files::FileSource;
 use kube_nft_proxy::source::{addresses, api};
+use kube_nft_proxy::state::{Change, State};
+use kube_nft_proxy::{explain, trace};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Render(args) => render(&args),
         Command::Cleanup(args) => cleanup(args.backend),
+        Command::Explain(args) => explain(&args),
+        Command::Trace(args) => trace(&args),
+    }
+}
+
+/// Loads every object once, from the manifests or the Kubernetes API.
+fn load_once(settings: &Settings, metrics: &Metrics) -> anyhow::Result<Vec<Change>> {
+    Ok(match &settings.source {
+        SourceKind::Dir(dir) => {
+            FileSource::new(manifest_dir(dir)?, metrics.clone()).settled_scan()?
+        }
+        SourceKind::Kubernetes { kubeconfig, master } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = api::client(kubeconfig.as_deref(), master.as_deref()).await?;
+                api::list_once(client, &settings.node_name, metrics).await
+            })?
+        }
+    })
+}
+
+/// `explain`: how one Service is programmed on this node, and why.
+fn explain(args: &ExplainArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args.proxy)?;
+    let key = explain::service_key(&args.service)?;
+    let metrics = Metrics::new()?;
+    let changes = load_once(&settings, &metrics)?;
+    let mut state = State::new(&settings.node_name);
+    for change in changes {
+        state.apply(change);
+    }
+    let local = addresses::local_addresses().unwrap_or_default();
+    let text = explain::explain(
+        &state,
+        &key,
+        node_settings(&settings),
+        &settings.nodeport_addresses,
+        &local,
+    )?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `trace`: arm nftables tracing for one flow, print the next packet's path, disarm.
+fn trace(args: &TraceArgs) -> anyhow::Result<()> {
+    let flow = trace::Flow::new(args.src, args.dst, &args.proto)?;
+    let timeout = parse_duration(&args.timeout).map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    eprintln!(
+        "tracing {flow} for up to {}; send the packet now",
+        args.timeout
+    );
+    match trace::trace(&flow, timeout)? {
+        Some(path) => {
+            print!("{path}");
+            Ok(())
+        }
+        None => bail!("no matching packet within {}", args.timeout),
     }
 }
 
@@ -108,6 +174,13 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     }
     let metrics = Metrics::new()?;
     let backend = backend(settings.backend)?;
+    let (warnings, warnings_rx) = match &settings.source {
+        SourceKind::Kubernetes { .. } => {
+            let (sink, rx) = EventSink::channel(metrics.clone());
+            (sink, Some(rx))
+        }
+        SourceKind::Dir(_) => (EventSink::none(), None),
+    };
     let reconciler = Reconciler::new(
         Timing {
             min_sync_period: settings.min_sync_period,
@@ -122,9 +195,12 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
     let health = Health {
         status: reconciler.status(),
         timeout: settings.sync_period * 2,
+        metrics: Some(metrics.clone()),
     };
     let (health_checks_tx, health_checks_rx) = tokio::sync::watch::channel(HealthChecks::default());
-    let reconciler = reconciler.with_health_checks(health_checks_tx);
+    let reconciler = reconciler
+        .with_health_checks(health_checks_tx)
+        .with_events(warnings.clone());
     let reconciler = match Conntrack::open() {
         Ok(conntrack) => reconciler.with_flow_cleaner(Box::new(conntrack)),
         Err(e) => {
@@ -162,10 +238,19 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
         }
         SourceKind::Kubernetes { kubeconfig, master } => {
             let client = runtime.block_on(api::client(kubeconfig.as_deref(), master.as_deref()))?;
+            if let Some(rx) = warnings_rx {
+                runtime.spawn(kube_nft_proxy::events::publish(
+                    client.clone(),
+                    settings.node_name.clone(),
+                    rx,
+                    metrics.clone(),
+                ));
+            }
             runtime.spawn(api::run(
                 client,
                 settings.node_name.clone(),
                 metrics.clone(),
+                warnings.clone(),
                 source_events,
             ));
         }

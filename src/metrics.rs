@@ -1,101 +1,373 @@
-//! Prometheus metrics: kube-proxy's names where kube-proxy has the metric, `kubenftproxy_*` for
-//! our own. One [`Metrics`] value is shared by the source, the reconciler and the HTTP server.
+//! Prometheus metrics: kube-proxy's names, types, labels and buckets where kube-proxy has the
+//! metric, `kubenftproxy_*` for our own. One [`Metrics`] value is shared by the sources, the
+//! reconciler and the HTTP servers.
+//!
+//! One sync programs both families in one atomic transaction, so the per-family series of a sync
+//! metric (`ip_family="IPv4"` and `"IPv6"`) move together; kube-proxy's dual-stack proxier runs
+//! one sync per family and observes each separately.
+
+use std::time::{Duration, SystemTime};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, exponential_buckets,
 };
+
+use crate::model::Family;
+
+/// The `ip_family` label value of a family, as kube-proxy writes it.
+pub fn family_label(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    }
+}
+
+/// kube-proxy's `network_programming_duration_seconds` buckets: 0.25 s, 0.5 s, 1–59 s by 1 s,
+/// 60–115 s by 5 s, 120–300 s by 30 s.
+fn network_programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..60).map(f64::from));
+    b.extend((60..120).step_by(5).map(f64::from));
+    b.extend((120..=300).step_by(30).map(f64::from));
+    b
+}
 
 /// Every metric the proxy exports.
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// `kubeproxy_sync_proxy_rules_duration_seconds`: time of each sync (plan to kernel ack).
-    pub sync_duration: Histogram,
-    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: end of the last successful sync.
-    pub last_sync_timestamp: IntGauge,
-    /// `kubeproxy_sync_proxy_rules_nftables_sync_failures_total`.
-    pub sync_failures: IntCounter,
-    /// `kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total`: failed stale-chain deletions.
-    pub cleanup_failures: IntCounter,
+    /// `kubeproxy_sync_proxy_rules_duration_seconds{ip_family}`: every sync, plan to kernel ack.
+    pub sync_duration: HistogramVec,
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds{ip_family}`: syncs that diffed everything.
+    pub sync_full_duration: HistogramVec,
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds{ip_family}`: syncs of what changed.
+    pub sync_partial_duration: HistogramVec,
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family}`: end of the last good sync.
+    pub last_sync_timestamp: GaugeVec,
+    /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family}`: last sync request.
+    pub last_queued_timestamp: GaugeVec,
+    /// `kubeproxy_network_programming_duration_seconds{ip_family}`: from an EndpointSlice's
+    /// `endpoints.kubernetes.io/last-change-trigger-time` to the kernel's acknowledgement.
+    pub network_programming_duration: HistogramVec,
+    /// `kubeproxy_sync_proxy_rules_endpoint_changes_pending`: Services with EndpointSlice
+    /// changes not yet synced.
+    pub endpoint_changes_pending: IntGauge,
+    /// `kubeproxy_sync_proxy_rules_endpoint_changes_total`: EndpointSlice changes received.
+    pub endpoint_changes_total: IntCounter,
+    /// `kubeproxy_sync_proxy_rules_service_changes_pending`: Services changed, not yet synced.
+    pub service_changes_pending: IntGauge,
+    /// `kubeproxy_sync_proxy_rules_service_changes_total`: Service changes received.
+    pub service_changes_total: IntCounter,
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy, ip_family}`: service
+    /// ports with a Local policy and endpoints elsewhere but none on this node.
+    pub no_local_endpoints: IntGaugeVec,
+    /// `kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family}`.
+    pub sync_failures: IntCounterVec,
+    /// `kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total{ip_family}`: failed deletions
+    /// of stale chains.
+    pub cleanup_failures: IntCounterVec,
+    /// `kubeproxy_proxy_healthz_total{code}`.
+    pub healthz: IntCounterVec,
+    /// `kubeproxy_proxy_livez_total{code}`.
+    pub livez: IntCounterVec,
+    /// `kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family}`: stale UDP flows deleted.
+    pub conntrack_deleted: IntCounterVec,
+    /// `kubeproxy_conntrack_reconciler_sync_duration_seconds{ip_family}`.
+    pub conntrack_duration: HistogramVec,
     /// `kubenftproxy_invalid_input_total{kind, reason}`: objects and files refused.
     pub invalid_input: IntCounterVec,
     /// `kubenftproxy_object_conflicts_total`: objects two Services wanted with different content.
     pub conflicts: IntCounter,
     /// `kubenftproxy_transaction_operations`: kernel objects written per transaction.
-    pub transaction_size: Histogram,
+    pub transaction_size: prometheus::Histogram,
+    /// `kubenftproxy_transaction_apply_duration_seconds`: sending one transaction until the
+    /// kernel's acknowledgement (the kernel's share of a sync).
+    pub apply_duration: prometheus::Histogram,
     /// `kubenftproxy_services`: Services programmed.
     pub services: IntGauge,
+    /// `kubenftproxy_events_total{result}`: Kubernetes Events sent, or dropped by the rate limit
+    /// or an API error.
+    pub events: IntCounterVec,
+}
+
+fn histogram(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
 }
 
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let sync_duration = Histogram::with_opts(
-            HistogramOpts::new(
+        let sync_buckets = exponential_buckets(0.001, 2.0, 15)?;
+        let family = &["ip_family"];
+        let m = Metrics {
+            registry: Registry::new(),
+            sync_duration: histogram(
                 "kubeproxy_sync_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds",
-            )
-            .buckets(exponential_buckets(0.001, 2.0, 15)?),
-        )?;
-        let last_sync_timestamp = IntGauge::new(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-        )?;
-        let sync_failures = IntCounter::new(
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-            "Cumulative proxy nftables sync failures",
-        )?;
-        let cleanup_failures = IntCounter::new(
-            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
-            "Cumulative proxy nftables cleanup failures",
-        )?;
-        let invalid_input = IntCounterVec::new(
-            Opts::new(
-                "kubenftproxy_invalid_input_total",
-                "Objects and manifest files refused as invalid, by kind and reason",
-            ),
-            &["kind", "reason"],
-        )?;
-        let conflicts = IntCounter::new(
-            "kubenftproxy_object_conflicts_total",
-            "Times two Services wanted the same nftables object with different content",
-        )?;
-        let transaction_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "kubenftproxy_transaction_operations",
-                "Kernel objects (rules, elements, chains, sets) written per transaction",
-            )
-            .buckets(exponential_buckets(1.0, 4.0, 12)?),
-        )?;
-        let services = IntGauge::new("kubenftproxy_services", "Services currently programmed")?;
-        registry.register(Box::new(sync_duration.clone()))?;
-        registry.register(Box::new(last_sync_timestamp.clone()))?;
-        registry.register(Box::new(sync_failures.clone()))?;
-        registry.register(Box::new(cleanup_failures.clone()))?;
-        registry.register(Box::new(invalid_input.clone()))?;
-        registry.register(Box::new(conflicts.clone()))?;
-        registry.register(Box::new(transaction_size.clone()))?;
-        registry.register(Box::new(services.clone()))?;
-        registry.register(Box::new(
+                family,
+                sync_buckets.clone(),
+            )?,
+            sync_full_duration: histogram(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for full resyncs",
+                family,
+                sync_buckets.clone(),
+            )?,
+            sync_partial_duration: histogram(
+                "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+                "SyncProxyRules latency in seconds for partial resyncs",
+                family,
+                sync_buckets.clone(),
+            )?,
+            last_sync_timestamp: GaugeVec::new(
+                Opts::new(
+                    "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+                    "The last time proxy rules were successfully synced",
+                ),
+                family,
+            )?,
+            last_queued_timestamp: GaugeVec::new(
+                Opts::new(
+                    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+                    "The last time a sync of proxy rules was queued",
+                ),
+                family,
+            )?,
+            network_programming_duration: histogram(
+                "kubeproxy_network_programming_duration_seconds",
+                "In Cluster Network Programming Latency in seconds",
+                family,
+                network_programming_buckets(),
+            )?,
+            endpoint_changes_pending: IntGauge::new(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+                "Pending proxy rules Endpoint changes",
+            )?,
+            endpoint_changes_total: IntCounter::new(
+                "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+                "Cumulative proxy rules Endpoint changes",
+            )?,
+            service_changes_pending: IntGauge::new(
+                "kubeproxy_sync_proxy_rules_service_changes_pending",
+                "Pending proxy rules Service changes",
+            )?,
+            service_changes_total: IntCounter::new(
+                "kubeproxy_sync_proxy_rules_service_changes_total",
+                "Cumulative proxy rules Service changes",
+            )?,
+            no_local_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
+                    "Number of services with a Local traffic policy and no endpoints",
+                ),
+                &["traffic_policy", "ip_family"],
+            )?,
+            sync_failures: IntCounterVec::new(
+                Opts::new(
+                    "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+                    "Cumulative proxy nftables sync failures",
+                ),
+                family,
+            )?,
+            cleanup_failures: IntCounterVec::new(
+                Opts::new(
+                    "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total",
+                    "Cumulative proxy nftables cleanup failures",
+                ),
+                family,
+            )?,
+            healthz: IntCounterVec::new(
+                Opts::new(
+                    "kubeproxy_proxy_healthz_total",
+                    "Cumulative proxy healthz HTTP status",
+                ),
+                &["code"],
+            )?,
+            livez: IntCounterVec::new(
+                Opts::new(
+                    "kubeproxy_proxy_livez_total",
+                    "Cumulative proxy livez HTTP status",
+                ),
+                &["code"],
+            )?,
+            conntrack_deleted: IntCounterVec::new(
+                Opts::new(
+                    "kubeproxy_conntrack_reconciler_deleted_entries_total",
+                    "Cumulative conntrack flows deleted by conntrack reconciler",
+                ),
+                family,
+            )?,
+            conntrack_duration: histogram(
+                "kubeproxy_conntrack_reconciler_sync_duration_seconds",
+                "ReconcileConntrackFlowsLatency latency in seconds",
+                family,
+                sync_buckets,
+            )?,
+            invalid_input: IntCounterVec::new(
+                Opts::new(
+                    "kubenftproxy_invalid_input_total",
+                    "Objects and manifest files refused as invalid, by kind and reason",
+                ),
+                &["kind", "reason"],
+            )?,
+            conflicts: IntCounter::new(
+                "kubenftproxy_object_conflicts_total",
+                "Times two Services wanted the same nftables object with different content",
+            )?,
+            transaction_size: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "kubenftproxy_transaction_operations",
+                    "Kernel objects (rules, elements, chains, sets) written per transaction",
+                )
+                .buckets(exponential_buckets(1.0, 4.0, 12)?),
+            )?,
+            apply_duration: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "kubenftproxy_transaction_apply_duration_seconds",
+                    "Time from sending a transaction to the kernel's acknowledgement",
+                )
+                .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+            )?,
+            services: IntGauge::new("kubenftproxy_services", "Services currently programmed")?,
+            events: IntCounterVec::new(
+                Opts::new(
+                    "kubenftproxy_events_total",
+                    "Kubernetes Events about objects that could not be programmed, by result",
+                ),
+                &["result"],
+            )?,
+        };
+        m.register_all()?;
+        Ok(m)
+    }
+
+    fn register_all(&self) -> prometheus::Result<()> {
+        let r = &self.registry;
+        r.register(Box::new(self.sync_duration.clone()))?;
+        r.register(Box::new(self.sync_full_duration.clone()))?;
+        r.register(Box::new(self.sync_partial_duration.clone()))?;
+        r.register(Box::new(self.last_sync_timestamp.clone()))?;
+        r.register(Box::new(self.last_queued_timestamp.clone()))?;
+        r.register(Box::new(self.network_programming_duration.clone()))?;
+        r.register(Box::new(self.endpoint_changes_pending.clone()))?;
+        r.register(Box::new(self.endpoint_changes_total.clone()))?;
+        r.register(Box::new(self.service_changes_pending.clone()))?;
+        r.register(Box::new(self.service_changes_total.clone()))?;
+        r.register(Box::new(self.no_local_endpoints.clone()))?;
+        r.register(Box::new(self.sync_failures.clone()))?;
+        r.register(Box::new(self.cleanup_failures.clone()))?;
+        r.register(Box::new(self.healthz.clone()))?;
+        r.register(Box::new(self.livez.clone()))?;
+        r.register(Box::new(self.conntrack_deleted.clone()))?;
+        r.register(Box::new(self.conntrack_duration.clone()))?;
+        r.register(Box::new(self.invalid_input.clone()))?;
+        r.register(Box::new(self.conflicts.clone()))?;
+        r.register(Box::new(self.transaction_size.clone()))?;
+        r.register(Box::new(self.apply_duration.clone()))?;
+        r.register(Box::new(self.services.clone()))?;
+        r.register(Box::new(self.events.clone()))?;
+        r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Metrics {
-            registry,
-            sync_duration,
-            last_sync_timestamp,
-            sync_failures,
-            cleanup_failures,
-            invalid_input,
-            conflicts,
-            transaction_size,
-            services,
-        })
+        // Series that exist before their first event, so dashboards and alerts see zeros.
+        for family in Family::ALL {
+            let f = family_label(family);
+            self.sync_failures.with_label_values(&[f]);
+            self.cleanup_failures.with_label_values(&[f]);
+            self.conntrack_deleted.with_label_values(&[f]);
+            for policy in ["internal", "external"] {
+                self.no_local_endpoints.with_label_values(&[policy, f]);
+            }
+        }
+        for code in ["200", "503"] {
+            self.healthz.with_label_values(&[code]);
+            self.livez.with_label_values(&[code]);
+        }
+        Ok(())
+    }
+
+    /// The name of every metric family exported (also those without samples yet), for
+    /// dashboards and alerts to be checked against.
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        let collectors: [&dyn Collector; 24] = [
+            &self.sync_duration,
+            &self.sync_full_duration,
+            &self.sync_partial_duration,
+            &self.last_sync_timestamp,
+            &self.last_queued_timestamp,
+            &self.network_programming_duration,
+            &self.endpoint_changes_pending,
+            &self.endpoint_changes_total,
+            &self.service_changes_pending,
+            &self.service_changes_total,
+            &self.no_local_endpoints,
+            &self.sync_failures,
+            &self.cleanup_failures,
+            &self.healthz,
+            &self.livez,
+            &self.conntrack_deleted,
+            &self.conntrack_duration,
+            &self.invalid_input,
+            &self.conflicts,
+            &self.transaction_size,
+            &self.apply_duration,
+            &self.services,
+            &self.events,
+            &process,
+        ];
+        collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect()
     }
 
     /// Counts one refused input.
     pub fn invalid(&self, kind: &str, reason: &str) {
         self.invalid_input.with_label_values(&[kind, reason]).inc();
+    }
+
+    /// Observes one successful sync of both families.
+    pub fn observe_sync(&self, elapsed: Duration, full: bool, at: SystemTime) {
+        let secs = elapsed.as_secs_f64();
+        let stamp = unix_seconds(at);
+        for family in Family::ALL {
+            let f = [family_label(family)];
+            self.sync_duration.with_label_values(&f).observe(secs);
+            let kind = if full {
+                &self.sync_full_duration
+            } else {
+                &self.sync_partial_duration
+            };
+            kind.with_label_values(&f).observe(secs);
+            self.last_sync_timestamp.with_label_values(&f).set(stamp);
+        }
+    }
+
+    /// Counts one failed sync (both families: the transaction held both).
+    pub fn sync_failed(&self) {
+        for family in Family::ALL {
+            self.sync_failures
+                .with_label_values(&[family_label(family)])
+                .inc();
+        }
+    }
+
+    /// Records that a sync was requested at `at`.
+    pub fn queued(&self, at: SystemTime) {
+        let stamp = unix_seconds(at);
+        for family in Family::ALL {
+            self.last_queued_timestamp
+                .with_label_values(&[family_label(family)])
+                .set(stamp);
+        }
     }
 
     /// The text exposition of every metric.
@@ -106,5 +378,84 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_seconds(at: SystemTime) -> f64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_programming_buckets_match_kube_proxy() {
+        let b = network_programming_buckets();
+        assert_eq!(b[..3], [0.25, 0.5, 1.0]);
+        assert!(b.contains(&59.0) && b.contains(&60.0) && b.contains(&115.0));
+        assert!(!b.contains(&61.0) && !b.contains(&116.0));
+        assert_eq!(b[b.len() - 3..], [240.0, 270.0, 300.0]);
+        assert!(b.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn series_exist_before_their_first_event() {
+        let m = Metrics::new().unwrap();
+        let text = m.render();
+        for line in [
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv6\"} 0",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 0",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv6\",traffic_policy=\"external\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_metric_is_named() {
+        let names = Metrics::new().unwrap().names();
+        assert!(names.contains(&"kubeproxy_network_programming_duration_seconds".to_string()));
+        assert!(names.contains(&"process_resident_memory_bytes".to_string()));
+        assert_eq!(
+            names.len(),
+            names
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        );
+    }
+
+    #[test]
+    fn a_sync_moves_both_families() {
+        let m = Metrics::new().unwrap();
+        m.observe_sync(
+            Duration::from_millis(3),
+            false,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(7),
+        );
+        for f in ["IPv4", "IPv6"] {
+            assert_eq!(
+                m.sync_duration.with_label_values(&[f]).get_sample_count(),
+                1
+            );
+            assert_eq!(
+                m.sync_partial_duration
+                    .with_label_values(&[f])
+                    .get_sample_count(),
+                1
+            );
+            assert_eq!(
+                m.sync_full_duration
+                    .with_label_values(&[f])
+                    .get_sample_count(),
+                0
+            );
+            assert_eq!(m.last_sync_timestamp.with_label_values(&[f]).get(), 7.0);
+        }
     }
 }

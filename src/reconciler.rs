@@ -4,7 +4,7 @@
 //! (with backoff) re-reads the kernel and does a full diff. Chains that are no longer needed are
 //! flushed at once and deleted after a delay.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,16 +15,19 @@ use tokio::sync::watch;
 use crate::backend::Backend;
 use crate::conntrack::{self, FlowCleaner, UdpTarget};
 use crate::diff::{Scope, Transaction, diff};
+use crate::events::{EventSink, Warning};
 use crate::health_check::{HealthChecks, ServiceHealth};
-use crate::metrics::Metrics;
-use crate::model::{Family, ServiceKey};
-use crate::plan::{NodePortAddresses, NodeSettings, plan_service, resolve_node_addresses};
+use crate::metrics::{Metrics, family_label};
+use crate::model::{Family, Object, ObjectId, ServiceKey};
+use crate::plan::{
+    NoEndpoints, NodePortAddresses, NodeSettings, plan_service, resolve_node_addresses,
+};
 use crate::render::{RenderError, Renderer};
 use crate::ruleset::desired::{Conflict, Item, Owner, Untracked};
 use crate::ruleset::kernel::ChainContent;
 use crate::ruleset::{ChainName, KernelState, ObjectRef, Ruleset};
 use crate::source::Event;
-use crate::state::State;
+use crate::state::{Change, State};
 
 /// Timing of the loop.
 #[derive(Clone, Debug)]
@@ -54,6 +57,9 @@ pub struct SyncStatus {
     pub queued_since: Option<SystemTime>,
     /// End of the last successful sync.
     pub last_updated: Option<SystemTime>,
+    /// This node is being deleted or drained by the cluster autoscaler (`/healthz` fails so load
+    /// balancers move away).
+    pub node_terminating: bool,
 }
 
 /// The result of one sync.
@@ -98,7 +104,19 @@ pub struct Reconciler {
     last_sync_end: Option<Instant>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Where Warnings about Services we cannot program go.
+    warnings: EventSink,
+    /// Earliest EndpointSlice change trigger time per Service and family not yet programmed.
+    trigger_times: HashMap<(ServiceKey, Family), SystemTime>,
+    /// Trigger times before this are from before the proxy started (not its latency).
+    started_at: SystemTime,
+    /// Per Service: ports with a Local policy and no local endpoint, `[policy][family]`.
+    no_local: HashMap<ServiceKey, NoLocal>,
 }
+
+/// Service ports with a Local traffic policy and endpoints elsewhere but none here, by
+/// `[internal, external][family]` (`kubeproxy_sync_proxy_rules_no_local_endpoints_total`).
+type NoLocal = [[i64; 2]; 2];
 
 impl Reconciler {
     pub fn new(
@@ -132,7 +150,17 @@ impl Reconciler {
             last_sync_end: None,
             failures: 0,
             retry_at: None,
+            warnings: EventSink::none(),
+            trigger_times: HashMap::new(),
+            started_at: SystemTime::now(),
+            no_local: HashMap::new(),
         })
+    }
+
+    /// Sends Warning Events about Services that cannot be programmed.
+    pub fn with_events(mut self, warnings: EventSink) -> Reconciler {
+        self.warnings = warnings;
+        self
     }
 
     /// Cleans stale UDP flows after syncs that changed UDP services.
@@ -167,10 +195,38 @@ impl Reconciler {
             Event::Changes(changes) => {
                 let mut any = false;
                 for change in changes {
-                    any |= self.state.apply(change);
+                    let trigger = match &change {
+                        Change::Upsert(Object::EndpointSlice(s)) => {
+                            s.trigger_time.map(|t| ((s.service.clone(), s.family), t))
+                        }
+                        _ => None,
+                    };
+                    let endpoints = matches!(
+                        change,
+                        Change::Upsert(Object::EndpointSlice(_))
+                            | Change::Delete(ObjectId::EndpointSlice { .. })
+                    );
+                    if !self.state.apply(change) {
+                        continue;
+                    }
+                    any = true;
+                    if endpoints {
+                        self.metrics.endpoint_changes_total.inc();
+                    } else {
+                        self.metrics.service_changes_total.inc();
+                    }
+                    if let Some((key, at)) = trigger.filter(|(_, at)| *at >= self.started_at) {
+                        let earliest = self.trigger_times.entry(key).or_insert(at);
+                        *earliest = (*earliest).min(at);
+                    }
                 }
                 if any {
                     self.mark_queued();
+                    self.set_pending_gauges();
+                    let terminating = self.state.node().is_some_and(|n| n.terminating);
+                    if let Ok(mut s) = self.status.lock() {
+                        s.node_terminating = terminating;
+                    }
                 }
             }
             Event::Synced => {
@@ -192,9 +248,22 @@ impl Reconciler {
     }
 
     fn mark_queued(&self) {
+        let now = SystemTime::now();
+        self.metrics.queued(now);
         if let Ok(mut s) = self.status.lock() {
-            s.queued_since.get_or_insert_with(SystemTime::now);
+            s.queued_since.get_or_insert(now);
         }
+    }
+
+    fn set_pending_gauges(&self) {
+        let pending = self.state.pending();
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .service_changes_pending
+            .set(count(pending.service_count()));
+        self.metrics
+            .endpoint_changes_pending
+            .set(count(pending.endpoint_count()));
     }
 
     /// Whether a sync has work to do.
@@ -249,25 +318,23 @@ impl Reconciler {
         let Some(kernel) = self.kernel.as_ref() else {
             return self.failed(now);
         };
-        let due: Vec<(Family, ChainName)> = self
-            .stale
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= self.timing.stale_chain_delay)
-            .map(|(k, _)| k.clone())
-            .collect();
         let scope = if self.full {
             Scope::Full
         } else {
             Scope::Objects(&self.touched)
         };
-        let tx = diff(kernel, &self.desired, scope, &due);
+        let tx = diff(kernel, &self.desired, scope, &[]);
         let outcome = if tx.is_empty() {
             debug!("sync: nothing to change");
             SyncOutcome::Unchanged
         } else {
+            let operations = tx.size();
+            let sent = Instant::now();
             match self.backend.apply(&tx) {
                 Ok(()) => {
-                    let operations = tx.size();
+                    self.metrics
+                        .apply_duration
+                        .observe(sent.elapsed().as_secs_f64());
                     self.committed(tx, now);
                     self.metrics.transaction_size.observe(operations as f64);
                     info!(
@@ -280,13 +347,12 @@ impl Reconciler {
                     SyncOutcome::Applied { operations }
                 }
                 Err(e) => {
-                    warn!(error = %e, operations = tx.size(), "transaction refused; nothing changed, will retry with a full sync");
+                    warn!(error = %e, operations, "transaction refused; nothing changed, will retry with a full sync");
                     return self.failed(now);
                 }
             }
         };
-        // Chains due for deletion that the diff did not delete are no longer stale (re-used)
-        // or already gone.
+        // Stale chains that are wanted again, or gone, are no longer stale.
         let (desired, kernel) = (&self.desired, &self.kernel);
         self.stale.retain(|(f, name), _| {
             desired.chain(*f, name).is_none() && is_empty_in_kernel(kernel.as_ref(), *f, name)
@@ -295,22 +361,17 @@ impl Reconciler {
             self.adopt_leftover_stale_chains(now);
         }
         self.touched.clear();
-        self.full = false;
+        let full = std::mem::replace(&mut self.full, false);
         self.failures = 0;
         self.retry_at = None;
-        self.last_sync_end = Some(Instant::now());
-        self.metrics
-            .sync_duration
-            .observe(started.elapsed().as_secs_f64());
+        let wall = SystemTime::now();
+        self.metrics.observe_sync(started.elapsed(), full, wall);
+        self.observe_programming_latency(wall);
+        self.set_pending_gauges();
         self.metrics
             .services
             .set(i64::try_from(self.state.service_count()).unwrap_or(i64::MAX));
-        let wall = SystemTime::now();
-        if let Ok(since_epoch) = wall.duration_since(SystemTime::UNIX_EPOCH) {
-            self.metrics
-                .last_sync_timestamp
-                .set(i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX));
-        }
+        self.set_no_local_gauges();
         if let Ok(mut s) = self.status.lock() {
             s.last_updated = Some(wall);
             if !self.state.has_changes() {
@@ -319,7 +380,94 @@ impl Reconciler {
         }
         self.publish_health_checks();
         self.clean_flows();
+        self.delete_stale_chains(now);
+        self.last_sync_end = Some(Instant::now());
         outcome
+    }
+
+    /// Deletes the stale chains whose delay has passed, in a transaction of their own (as
+    /// upstream): a chain that cannot be deleted (still referenced by someone else's rule) is
+    /// counted in the cleanup-failure metric and retried after the sync period, and never holds
+    /// up the syncs.
+    fn delete_stale_chains(&mut self, now: Instant) {
+        let due: Vec<(Family, ChainName)> = self
+            .stale
+            .iter()
+            .filter(|(_, since)| {
+                now.saturating_duration_since(**since) >= self.timing.stale_chain_delay
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let Some(kernel) = self.kernel.as_ref() else {
+            return;
+        };
+        if due.is_empty() {
+            return;
+        }
+        let tx = diff(
+            kernel,
+            &self.desired,
+            Scope::Objects(&BTreeSet::new()),
+            &due,
+        );
+        if !tx.is_empty() {
+            match self.backend.apply(&tx) {
+                Ok(()) => {
+                    debug!(chains = tx.size(), "deleted stale chains");
+                    self.committed(tx, now);
+                }
+                Err(e) => {
+                    warn!(error = %e, chains = due.len(), "cannot delete stale chains; will retry");
+                    let families: BTreeSet<Family> = due.iter().map(|(f, _)| *f).collect();
+                    for family in families {
+                        self.metrics
+                            .cleanup_failures
+                            .with_label_values(&[family_label(family)])
+                            .inc();
+                    }
+                    for key in &due {
+                        self.stale
+                            .insert(key.clone(), now + self.timing.sync_period);
+                    }
+                    return;
+                }
+            }
+        }
+        let (desired, kernel) = (&self.desired, &self.kernel);
+        self.stale.retain(|(f, name), _| {
+            desired.chain(*f, name).is_none() && is_empty_in_kernel(kernel.as_ref(), *f, name)
+        });
+    }
+
+    /// Observes the time from each programmed EndpointSlice change's trigger to now.
+    fn observe_programming_latency(&mut self, now: SystemTime) {
+        for ((_, family), at) in self.trigger_times.drain() {
+            if let Ok(latency) = now.duration_since(at) {
+                self.metrics
+                    .network_programming_duration
+                    .with_label_values(&[family_label(family)])
+                    .observe(latency.as_secs_f64());
+            }
+        }
+    }
+
+    fn set_no_local_gauges(&self) {
+        let mut total: NoLocal = [[0; 2]; 2];
+        for counts in self.no_local.values() {
+            for (p, row) in counts.iter().enumerate() {
+                for (f, n) in row.iter().enumerate() {
+                    total[p][f] += n;
+                }
+            }
+        }
+        for (p, policy) in ["internal", "external"].into_iter().enumerate() {
+            for family in Family::ALL {
+                self.metrics
+                    .no_local_endpoints
+                    .with_label_values(&[policy, family_label(family)])
+                    .set(total[p][family.index()]);
+            }
+        }
     }
 
     fn publish_health_checks(&self) {
@@ -342,19 +490,39 @@ impl Reconciler {
         });
     }
 
-    /// Deletes the conntrack entries of UDP flows whose endpoint went away.
+    /// Deletes the conntrack entries of UDP flows whose endpoint went away (counted and timed per
+    /// family, as kube-proxy's conntrack reconciler metrics).
     fn clean_flows(&mut self) {
         let targets = std::mem::take(&mut self.pending_flows);
         let Some(cleaner) = self.flow_cleaner.as_mut() else {
             return;
         };
-        if targets.is_empty() {
-            return;
-        }
-        match cleaner.clean(&targets) {
-            Ok(0) => {}
-            Ok(deleted) => info!(deleted, "deleted stale UDP conntrack entries"),
-            Err(e) => warn!(error = %e, "cannot clean stale UDP conntrack entries"),
+        for family in Family::ALL {
+            let of_family: Vec<UdpTarget> = targets
+                .iter()
+                .filter(|t| t.family == family)
+                .cloned()
+                .collect();
+            if of_family.is_empty() {
+                continue;
+            }
+            let label = [family_label(family)];
+            let started = Instant::now();
+            match cleaner.clean(&of_family) {
+                Ok(0) => {}
+                Ok(deleted) => {
+                    info!(deleted, %family, "deleted stale UDP conntrack entries");
+                    self.metrics
+                        .conntrack_deleted
+                        .with_label_values(&label)
+                        .inc_by(deleted as u64);
+                }
+                Err(e) => warn!(error = %e, %family, "cannot clean stale UDP conntrack entries"),
+            }
+            self.metrics
+                .conntrack_duration
+                .with_label_values(&label)
+                .observe(started.elapsed().as_secs_f64());
         }
     }
 
@@ -385,7 +553,7 @@ impl Reconciler {
     }
 
     fn failed(&mut self, now: Instant) -> SyncOutcome {
-        self.metrics.sync_failures.inc();
+        self.metrics.sync_failed();
         self.failures = self.failures.saturating_add(1);
         // 1 s, doubling, at most --sync-period.
         let backoff =
@@ -435,7 +603,7 @@ impl Reconciler {
             self.rerender_all = false;
             all.into_iter().collect()
         } else {
-            changes.services.into_iter().collect()
+            changes.services.into_keys().collect()
         };
         for key in services {
             self.render_service(key);
@@ -447,9 +615,25 @@ impl Reconciler {
         let Some(service) = self.state.service(&key).cloned() else {
             self.replace_fragment(owner, Vec::new());
             self.health_checks.remove(&key);
+            self.no_local.remove(&key);
             return;
         };
         let plan = plan_service(&service, &self.state.slices_of(&key), &self.settings);
+        let mut no_local: NoLocal = [[0; 2]; 2];
+        for port in &plan.ports {
+            let f = port.family.index();
+            if port.internal_no_endpoints == Some(NoEndpoints::Drop) {
+                no_local[0][f] += 1;
+            }
+            if port.external_no_endpoints == Some(NoEndpoints::Drop) {
+                no_local[1][f] += 1;
+            }
+        }
+        if no_local == [[0; 2]; 2] {
+            self.no_local.remove(&key);
+        } else {
+            self.no_local.insert(key.clone(), no_local);
+        }
         self.pending_flows.extend(conntrack::targets(&plan));
         match plan.health_check_node_port {
             Some(port) => {
@@ -477,15 +661,32 @@ impl Reconciler {
             Err(e) => {
                 warn!(service = %key, error = %e, "cannot program Service; skipping it");
                 self.metrics.invalid("Service", "unrenderable");
+                self.warnings.warn(Warning {
+                    object: service_id(&key),
+                    uid: service.uid.clone(),
+                    reason: "FailedToProgram",
+                    message: format!("not programmed by kube-nft-proxy: {e}"),
+                });
                 self.replace_fragment(owner, Vec::new());
             }
         }
     }
 
-    fn report_conflicts(&self, conflicts: Vec<crate::ruleset::desired::Conflict>) {
+    fn report_conflicts(&self, conflicts: Vec<Conflict>) {
         for c in conflicts {
             warn!(object = ?c.object, used = %c.winner, ignored = %c.loser, "two Services want the same rule object; the first one wins");
             self.metrics.conflicts.inc();
+            if let Owner::Service(loser) = &c.loser {
+                self.warnings.warn(Warning {
+                    object: service_id(loser),
+                    uid: self.state.service(loser).and_then(|s| s.uid.clone()),
+                    reason: "Conflict",
+                    message: format!(
+                        "{:?} is also wanted by {} with other content; theirs is programmed",
+                        c.object, c.winner
+                    ),
+                });
+            }
         }
     }
 
@@ -523,6 +724,13 @@ impl Reconciler {
                 self.sync(Instant::now());
             }
         }
+    }
+}
+
+fn service_id(key: &ServiceKey) -> ObjectId {
+    ObjectId::Service {
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The current objects, indexed by Service, and what changed since the last sync. Pure data:
 //! it does not know where objects come from or how they are programmed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::model::{
@@ -15,10 +15,19 @@ pub enum Change {
     Delete(ObjectId),
 }
 
+/// What changed about one Service since the last sync.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The Service object itself.
+    pub service: bool,
+    /// One of its EndpointSlices.
+    pub endpoints: bool,
+}
+
 /// What a sync has to look at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
-    pub services: BTreeSet<ServiceKey>,
+    pub services: BTreeMap<ServiceKey, Changed>,
     /// This node's object changed (zone, addresses): everything must be planned again.
     pub node: bool,
 }
@@ -26,6 +35,24 @@ pub struct Changes {
 impl Changes {
     pub fn is_empty(&self) -> bool {
         self.services.is_empty() && !self.node
+    }
+
+    /// Services whose Service object changed (kube-proxy's pending service changes).
+    pub fn service_count(&self) -> usize {
+        self.services.values().filter(|c| c.service).count()
+    }
+
+    /// Services whose EndpointSlices changed (kube-proxy's pending endpoint changes).
+    pub fn endpoint_count(&self) -> usize {
+        self.services.values().filter(|c| c.endpoints).count()
+    }
+
+    fn service(&mut self, key: ServiceKey) {
+        self.services.entry(key).or_default().service = true;
+    }
+
+    fn endpoints(&mut self, key: ServiceKey) {
+        self.services.entry(key).or_default().endpoints = true;
     }
 }
 
@@ -62,7 +89,7 @@ impl State {
                     return false;
                 }
                 self.services.insert(key.clone(), svc);
-                self.pending.services.insert(key);
+                self.pending.service(key);
                 true
             }
             Change::Upsert(Object::EndpointSlice(slice)) => {
@@ -74,7 +101,7 @@ impl State {
                     .entry(slice.service.clone())
                     .or_default()
                     .insert(slice.key.clone());
-                self.pending.services.insert(slice.service.clone());
+                self.pending.endpoints(slice.service.clone());
                 self.slices.insert(slice.key.clone(), slice);
                 true
             }
@@ -93,7 +120,7 @@ impl State {
                 if self.services.remove(&key).is_none() {
                     return false;
                 }
-                self.pending.services.insert(key);
+                self.pending.service(key);
                 true
             }
             Change::Delete(ObjectId::EndpointSlice { namespace, name }) => {
@@ -124,7 +151,7 @@ impl State {
                 self.slices_by_service.remove(&old.service);
             }
         }
-        self.pending.services.insert(old.service.clone());
+        self.pending.endpoints(old.service.clone());
         true
     }
 
@@ -136,6 +163,11 @@ impl State {
     /// Whether changes are waiting.
     pub fn has_changes(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The changes waiting (for the pending-changes gauges).
+    pub fn pending(&self) -> &Changes {
+        &self.pending
     }
 
     pub fn service(&self, key: &ServiceKey) -> Option<&Arc<Service>> {
@@ -212,8 +244,10 @@ mod tests {
         assert!(s.apply(Change::Upsert(slice("web-1", "web"))));
         let changes = s.take_changes();
         assert_eq!(changes.services.len(), 1);
+        assert_eq!((changes.service_count(), changes.endpoint_count()), (1, 1));
         assert!(!s.has_changes());
-        assert_eq!(s.slices_of(changes.services.first().unwrap()).len(), 1);
+        let (key, _) = changes.services.first_key_value().unwrap();
+        assert_eq!(s.slices_of(key).len(), 1);
     }
 
     #[test]
@@ -225,7 +259,7 @@ mod tests {
         let names: Vec<String> = s
             .take_changes()
             .services
-            .iter()
+            .keys()
             .map(|k| k.name.to_string())
             .collect();
         assert_eq!(names, ["a", "b"]);

@@ -20,6 +20,17 @@ pub use crate::plan::NodePortAddresses;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log format: `text`, or `json` (one JSON object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, alias = "logging-format")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,6 +41,39 @@ pub enum Command {
     Render(ProxyArgs),
     /// Delete the proxy's tables from the current network namespace.
     Cleanup(CleanupArgs),
+    /// Explain a Service: per port and address, the endpoints chosen for cluster-wide and
+    /// node-local traffic and why, and the nftables objects that implement it.
+    Explain(ExplainArgs),
+    /// Trace the next packet of a flow through the proxy's chains (needs root): which rules
+    /// matched, which endpoint was chosen, whether it was masqueraded.
+    Trace(TraceArgs),
+}
+
+/// Settings of `explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The Service, as NAMESPACE/NAME (or NAME in `default`).
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// Settings of `trace`.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The client's address.
+    #[arg(long, value_name = "IP")]
+    pub src: std::net::IpAddr,
+    /// The destination the client connects to (a ClusterIP, NodePort, external or LB address).
+    #[arg(long, value_name = "IP:PORT")]
+    pub dst: SocketAddr,
+    /// `tcp`, `udp` or `sctp`.
+    #[arg(long, default_value = "tcp")]
+    pub proto: String,
+    /// How long to wait for a matching packet (`30s`, `2m`).
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub timeout: String,
 }
 
 /// How the kernel is programmed.

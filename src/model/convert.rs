@@ -155,6 +155,19 @@ fn namespace_label(c: &Checker, meta: &ObjectMeta) -> Result<Label> {
         .map_err(|e| c.fail(InvalidReason::Name, "metadata.namespace", e))
 }
 
+/// `metadata.uid`, when it looks like one (letters, digits and dashes, at most 64): only used to
+/// point Kubernetes Events at the object.
+pub fn uid(meta: &ObjectMeta) -> Option<Arc<str>> {
+    meta.uid
+        .as_deref()
+        .filter(|u| !u.is_empty() && u.len() <= 64)
+        .filter(|u| u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(Arc::from)
+}
+
+/// Annotation the EndpointSlice controller sets to the time of the change it carries.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
 fn has_label(meta: &ObjectMeta, key: &str) -> bool {
     meta.labels.as_ref().is_some_and(|l| l.contains_key(key))
 }
@@ -265,6 +278,7 @@ pub fn service(svc: &core::Service) -> Result<Converted<Service>> {
         Some(p) => Some(c.port("spec.healthCheckNodePort", p)?),
     };
     Ok(Converted::Proxied(Service {
+        uid: uid(&svc.metadata),
         key: ServiceKey { namespace, name },
         service_type,
         cluster_ips,
@@ -519,7 +533,17 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice) -> Result<Converted<Endp
         family,
         ports,
         endpoints,
+        trigger_time: trigger_time(meta),
     }))
+}
+
+/// The EndpointSlice controller's `endpoints.kubernetes.io/last-change-trigger-time` (RFC 3339):
+/// when the change this slice carries was triggered. Only for latency metrics, so an unparseable
+/// value is ignored rather than refusing the slice.
+fn trigger_time(meta: &ObjectMeta) -> Option<std::time::SystemTime> {
+    let text = meta.annotations.as_ref()?.get(TRIGGER_TIME_ANNOTATION)?;
+    let stamp: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    Some(std::time::SystemTime::from(stamp))
 }
 
 /// Converts a Node (the caller decides whether it is this node).

@@ -23,6 +23,8 @@ pub enum ServiceType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub key: ServiceKey,
+    /// `metadata.uid` (for Events about the Service).
+    pub uid: Option<Arc<str>>,
     pub service_type: ServiceType,
     /// At most one per family.
     pub cluster_ips: Vec<IpAddr>,
@@ -65,6 +67,8 @@ pub struct EndpointSlice {
     pub family: Family,
     pub ports: Vec<SlicePort>,
     pub endpoints: Vec<Endpoint>,
+    /// `endpoints.kubernetes.io/last-change-trigger-time`, for network programming latency.
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 /// One entry of an EndpointSlice's `ports`.

@@ -472,8 +472,8 @@ pub fn normalise_ranges(mut ranges: Vec<Cidr>) -> Vec<Cidr> {
 
 /// The endpoints of one service port: from every slice of the family, the slice port with the
 /// same name and protocol gives the target port (this is how named targetPorts resolve). Endpoints
-/// listed by several slices count once; a local copy wins.
-fn candidates(
+/// listed by several slices count once; a local copy wins. Sorted by `IP:port` text.
+pub fn candidates(
     slices: &[Arc<EndpointSlice>],
     family: Family,
     name: &PortName,

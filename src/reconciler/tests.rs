@@ -341,7 +341,7 @@ fn a_cluster_ip_wanted_by_two_services_goes_to_the_first() {
 }
 
 #[test]
-fn a_failing_stale_chain_deletion_waits_for_the_backoff() {
+fn a_failing_stale_chain_deletion_is_counted_retried_later_and_blocks_nothing() {
     let backend = FakeBackend::default();
     let mut r = started(
         &backend,
@@ -353,12 +353,153 @@ fn a_failing_stale_chain_deletion_waits_for_the_backoff() {
     })]));
     let t0 = Instant::now();
     r.sync(t0);
+    let sent = tx_count(&backend);
     backend.0.lock().unwrap().fail_next = true;
-    // The retry re-reads the kernel and diffs in full; make it fail again to check the spacing.
-    assert_eq!(r.sync(t0 + Duration::from_secs(2)), SyncOutcome::Failed);
-    let next = r.next_deadline().unwrap();
-    assert!(
-        next >= Instant::now() + Duration::from_millis(900),
-        "no busy retry"
+    // The deletion is its own transaction: its failure is not a sync failure.
+    assert_eq!(r.sync(t0 + Duration::from_secs(2)), SyncOutcome::Unchanged);
+    assert_eq!(
+        tx_count(&backend),
+        sent,
+        "the refused deletion changed nothing"
     );
+    let failures = |f: &str| r.metrics.cleanup_failures.with_label_values(&[f]).get();
+    assert_eq!(failures("IPv4"), 1);
+    assert_eq!(
+        r.metrics.sync_failures.with_label_values(&["IPv4"]).get(),
+        0
+    );
+    assert_eq!(
+        backend.0.lock().unwrap().reads,
+        1,
+        "no re-read: the mirror is right"
+    );
+    // Other changes go on at once.
+    r.handle(Event::Changes(vec![
+        service("b", "10.96.0.2"),
+        slice("b", &["10.0.1.2"]),
+    ]));
+    assert!(matches!(
+        r.sync(t0 + Duration::from_secs(3)),
+        SyncOutcome::Applied { .. }
+    ));
+    assert!(
+        !describe(&last_tx(&backend)).contains(&"delete chain service-ns/a/tcp/http".to_string()),
+        "the deletion waits for the sync period"
+    );
+    // After the sync period (30 s) plus the delay it is retried, and succeeds.
+    r.sync(t0 + Duration::from_secs(35));
+    assert_eq!(
+        describe(&last_tx(&backend)),
+        ["delete chain service-ns/a/tcp/http"]
+    );
+}
+
+#[test]
+fn metrics_follow_changes_and_syncs() {
+    let backend = FakeBackend::default();
+    let mut r = started(
+        &backend,
+        vec![service("a", "10.96.0.1"), slice("a", &["10.0.1.1"])],
+    );
+    let m = r.metrics.clone();
+    let v4 = ["IPv4"];
+    assert_eq!(
+        m.sync_full_duration
+            .with_label_values(&v4)
+            .get_sample_count(),
+        1
+    );
+    assert_eq!(m.service_changes_total.get(), 1);
+    assert_eq!(m.endpoint_changes_total.get(), 1);
+    assert!(m.last_sync_timestamp.with_label_values(&v4).get() > 0.0);
+
+    // An EndpointSlice change triggered a second ago.
+    let triggered = SystemTime::now() - Duration::from_secs(1);
+    let stamp = crate::http::rfc3339(triggered);
+    let changed = SliceBuilder::new("ns", "a-1", "a", "IPv4")
+        .port("http", 8080, "TCP")
+        .endpoint("10.0.1.1", "node1")
+        .endpoint("10.0.1.2", "node1")
+        .with(
+            "/metadata/annotations/endpoints.kubernetes.io~1last-change-trigger-time",
+            stamp,
+        )
+        .model()
+        .unwrap();
+    assert!(changed.trigger_time.is_some());
+    // A trigger from before the proxy started is not its latency; this one is after.
+    r.started_at = triggered - Duration::from_secs(1);
+    r.handle(Event::Changes(vec![Change::Upsert(Object::EndpointSlice(
+        changed,
+    ))]));
+    assert_eq!(m.endpoint_changes_pending.get(), 1);
+    assert_eq!(m.service_changes_pending.get(), 0);
+    assert!(m.last_queued_timestamp.with_label_values(&v4).get() > 0.0);
+    assert!(matches!(
+        r.sync(Instant::now()),
+        SyncOutcome::Applied { .. }
+    ));
+    assert_eq!(m.endpoint_changes_pending.get(), 0);
+    assert_eq!(m.endpoint_changes_total.get(), 2);
+    assert_eq!(
+        m.sync_partial_duration
+            .with_label_values(&v4)
+            .get_sample_count(),
+        1
+    );
+    let latency = m.network_programming_duration.with_label_values(&v4);
+    assert_eq!(latency.get_sample_count(), 1);
+    assert!(
+        latency.get_sample_sum() >= 1.0,
+        "measured from the trigger time"
+    );
+
+    // A failed transaction counts for both families.
+    backend.0.lock().unwrap().fail_next = true;
+    r.handle(Event::Changes(vec![slice("a", &["10.0.1.3"])]));
+    assert_eq!(r.sync(Instant::now()), SyncOutcome::Failed);
+    assert_eq!(m.sync_failures.with_label_values(&["IPv4"]).get(), 1);
+    assert_eq!(m.sync_failures.with_label_values(&["IPv6"]).get(), 1);
+}
+
+#[test]
+fn local_policy_without_local_endpoints_is_counted_and_a_terminating_node_is_reported() {
+    let backend = FakeBackend::default();
+    let local = Change::Upsert(Object::Service(
+        ServiceBuilder::new("ns", "l")
+            .cluster_ip("10.96.0.9")
+            .port("http", 80, "TCP")
+            .with("/spec/internalTrafficPolicy", "Local")
+            .model()
+            .unwrap(),
+    ));
+    let elsewhere = Change::Upsert(Object::EndpointSlice(
+        SliceBuilder::new("ns", "l-1", "l", "IPv4")
+            .port("http", 8080, "TCP")
+            .endpoint("10.0.2.1", "node2")
+            .model()
+            .unwrap(),
+    ));
+    let r = started(&backend, vec![local, elsewhere]);
+    let gauge = |p: &str, f: &str| {
+        r.metrics
+            .no_local_endpoints
+            .with_label_values(&[p, f])
+            .get()
+    };
+    assert_eq!(gauge("internal", "IPv4"), 1);
+    assert_eq!(gauge("external", "IPv4"), 0);
+    assert_eq!(gauge("internal", "IPv6"), 0);
+
+    let mut r = r;
+    let node = crate::fixtures::NodeBuilder::new("node1")
+        .with(
+            "/spec/taints",
+            serde_json::json!([{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]),
+        )
+        .model()
+        .unwrap();
+    assert!(node.terminating);
+    r.handle(Event::Changes(vec![Change::Upsert(Object::Node(node))]));
+    assert!(r.status().lock().unwrap().node_terminating);
 }

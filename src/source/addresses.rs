@@ -51,6 +51,12 @@ pub fn dump(socket: &Socket, seq: u32) -> io::Result<BTreeSet<IpAddr>> {
     Ok(addresses)
 }
 
+/// The current addresses, once.
+pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
+    let socket = netlink::open(NETLINK_ROUTE)?;
+    Ok(dump(&socket, 1)?.into_iter().collect())
+}
+
 /// Sends the current addresses, then every change, until the receiver goes away.
 pub fn watch(events: mpsc::Sender<Event>) -> io::Result<()> {
     // Subscribe before the first dump so no change falls in between.

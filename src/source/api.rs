@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 
 use std::fmt::Debug;
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use super::{Event, SourceError};
+use crate::events::{EventSink, Warning};
 use crate::metrics::Metrics;
 use crate::model::convert::{self, Converted, InvalidObject};
 use crate::model::{Object, ObjectId};
@@ -69,6 +70,46 @@ pub async fn client(
     Client::try_from(config).map_err(|e| err(e.to_string()))
 }
 
+/// Lists Services, EndpointSlices and this Node once (for `explain`), with the same selectors and
+/// validation as the watches; invalid objects are logged and counted, and left out.
+pub async fn list_once(
+    client: Client,
+    node_name: &str,
+    metrics: &Metrics,
+) -> Result<Vec<Change>, SourceError> {
+    let err = |e: kube::Error| SourceError::Kubernetes(e.to_string());
+    let mut source = KubeSource {
+        metrics: metrics.clone(),
+        warnings: EventSink::none(),
+        trackers: Default::default(),
+        synced_sent: false,
+    };
+    let mut out = Vec::new();
+    let params = kube::api::ListParams::default();
+    let services = Api::<core::Service>::all(client.clone())
+        .list(&params.clone().labels(SERVICE_LABELS).fields(SERVICE_FIELDS))
+        .await
+        .map_err(err)?;
+    for s in &services.items {
+        out.extend(source.handle(Kind::Service, Observed::Present(service(s))));
+    }
+    let slices = Api::<discovery::EndpointSlice>::all(client.clone())
+        .list(&params.clone().labels(SLICE_LABELS))
+        .await
+        .map_err(err)?;
+    for s in &slices.items {
+        out.extend(source.handle(Kind::EndpointSlice, Observed::Present(slice(s))));
+    }
+    let nodes = Api::<core::Node>::all(client)
+        .list(&params.fields(&format!("metadata.name={node_name}")))
+        .await
+        .map_err(err)?;
+    for n in &nodes.items {
+        out.extend(source.handle(Kind::Node, Observed::Present(node(n))));
+    }
+    Ok(out)
+}
+
 /// Which watch an event came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -77,8 +118,12 @@ enum Kind {
     Node,
 }
 
-/// An object converted: its identity and the model (`None`: ignored) or why it is invalid.
-type Conversion = (ObjectId, Result<Option<Object>, InvalidObject>);
+/// An object converted: its identity and the model (`None`: ignored) or why it is invalid (with
+/// its uid, for the Event).
+type Conversion = (
+    ObjectId,
+    Result<Option<Object>, (InvalidObject, Option<Arc<str>>)>,
+);
 
 /// A watch event with its object already converted (the API object is dropped here).
 enum Observed {
@@ -117,25 +162,31 @@ where
 }
 
 fn service(s: &core::Service) -> Conversion {
-    let result = convert::service(s).map(|c| match c {
-        Converted::Proxied(svc) => Some(Object::Service(svc.into())),
-        Converted::Ignored(_) => None,
-    });
+    let result = convert::service(s)
+        .map(|c| match c {
+            Converted::Proxied(svc) => Some(Object::Service(svc.into())),
+            Converted::Ignored(_) => None,
+        })
+        .map_err(|e| (e, convert::uid(&s.metadata)));
     (convert::service_id(s), result)
 }
 
 fn slice(s: &discovery::EndpointSlice) -> Conversion {
-    let result = convert::endpoint_slice(s).map(|c| match c {
-        Converted::Proxied(slice) => Some(Object::EndpointSlice(slice.into())),
-        Converted::Ignored(_) => None,
-    });
+    let result = convert::endpoint_slice(s)
+        .map(|c| match c {
+            Converted::Proxied(slice) => Some(Object::EndpointSlice(slice.into())),
+            Converted::Ignored(_) => None,
+        })
+        .map_err(|e| (e, convert::uid(&s.metadata)));
     (convert::slice_id(s), result)
 }
 
 fn node(n: &core::Node) -> Conversion {
     (
         convert::node_id(n),
-        convert::node(n).map(|n| Some(Object::Node(n.into()))),
+        convert::node(n)
+            .map(|n| Some(Object::Node(n.into())))
+            .map_err(|e| (e, convert::uid(&n.metadata))),
     )
 }
 
@@ -150,7 +201,13 @@ struct Tracker {
 }
 
 /// Follows the API until the receiver goes away.
-pub async fn run(client: Client, node_name: String, metrics: Metrics, events: mpsc::Sender<Event>) {
+pub async fn run(
+    client: Client,
+    node_name: String,
+    metrics: Metrics,
+    warnings: EventSink,
+    events: mpsc::Sender<Event>,
+) {
     let streams = vec![
         watch(
             Api::<core::Service>::all(client.clone()),
@@ -176,6 +233,7 @@ pub async fn run(client: Client, node_name: String, metrics: Metrics, events: mp
     let mut merged = futures::stream::select_all(streams);
     let mut source = KubeSource {
         metrics,
+        warnings,
         trackers: [Tracker::default(), Tracker::default(), Tracker::default()],
         synced_sent: false,
     };
@@ -206,6 +264,7 @@ pub async fn run(client: Client, node_name: String, metrics: Metrics, events: mp
 /// Turns converted watch events into state changes.
 struct KubeSource {
     metrics: Metrics,
+    warnings: EventSink,
     trackers: [Tracker; 3],
     synced_sent: bool,
 }
@@ -246,7 +305,7 @@ impl KubeSource {
         &mut self,
         kind: Kind,
         id: ObjectId,
-        result: Result<Option<Object>, InvalidObject>,
+        result: Result<Option<Object>, (InvalidObject, Option<Arc<str>>)>,
         out: &mut Vec<Change>,
     ) {
         let tracker = &mut self.trackers[kind as usize];
@@ -260,9 +319,20 @@ impl KubeSource {
                     out.push(Change::Delete(id));
                 }
             }
-            Err(e) => {
+            Err((e, uid)) => {
                 warn!(object = %e.id, field = %e.field, reason = e.reason.as_label(), "skipping invalid object: {}", e.detail);
                 self.metrics.invalid(id.kind(), e.reason.as_label());
+                self.warnings.warn(Warning {
+                    object: id.clone(),
+                    uid,
+                    reason: "InvalidObject",
+                    message: format!(
+                        "not programmed by kube-nft-proxy: {}: {} ({})",
+                        e.field,
+                        e.detail,
+                        e.reason.as_label()
+                    ),
+                });
                 if tracker.known.remove(&id) {
                     out.push(Change::Delete(id));
                 }
@@ -300,6 +370,7 @@ mod tests {
     fn a_relist_deletes_what_it_no_longer_lists() {
         let mut s = KubeSource {
             metrics: Metrics::new().unwrap(),
+            warnings: EventSink::none(),
             trackers: Default::default(),
             synced_sent: false,
         };
@@ -324,6 +395,7 @@ mod tests {
     fn an_object_turning_invalid_is_removed() {
         let mut s = KubeSource {
             metrics: Metrics::new().unwrap(),
+            warnings: EventSink::none(),
             trackers: Default::default(),
             synced_sent: false,
         };

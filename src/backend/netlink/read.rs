@@ -71,8 +71,8 @@ pub fn table_exists(sock: &mut NfSocket, family: Family) -> io::Result<bool> {
     }
 }
 
-/// Runs a dump of `msg` in `family`, with our table's name as attribute `table_attr` when given.
-fn dump(
+/// Dumps objects of kind `msg` in `family`, filtered by the string attributes `attrs`.
+pub fn dump(
     sock: &mut NfSocket,
     msg: Msg,
     family: Family,
