@@ -362,6 +362,24 @@ fn warnings_about_unprogrammable_objects_become_events() {
         sample(&m, "kubenftproxy_events_total{result=\"sent\"}") >= 2.0,
         "{m}"
     );
+
+    // `explain` lists the objects once from the same API.
+    let master = format!("http://{}", api.local_addr);
+    let explain = |name: &str| {
+        run(&[
+            PROXY,
+            "explain",
+            name,
+            "--master",
+            &master,
+            "--hostname-override",
+            crate::harness::NODE_NAME,
+        ])
+    };
+    let good = explain("e2e/good").expect("explain");
+    assert!(good.contains("ClusterIP 10.96.4.1:80"), "{good}");
+    assert!(good.contains(&format!("{pod1}:8080")), "{good}");
+    assert!(explain("e2e/bad").is_err_and(|e| e.contains("not proxied")));
 }
 
 #[test]
