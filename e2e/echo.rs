@@ -1,11 +1,19 @@
 //! knp-e2e-echo: the tiny programs the end-to-end tests run inside network namespaces.
 //!
 //! - `serve NAME PORT`: answers TCP and UDP on PORT (IPv4 and IPv6) with `NAME PEER-IP` and
-//!   prints `ready` once listening.
+//!   prints `ready` once listening. A TCP connection gets the answer when it opens and again for
+//!   every line the client sends, until the client closes it (or is idle for 30 s).
 //! - `connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS [BIND]]`: COUNT attempts, from the
 //!   local address BIND (`ip:port`, port 0 for any) if given; one result line each:
 //!   `ok NAME PEER-IP MS`, `refused MS`, `denied MS` (the local send was rejected),
 //!   `timeout MS` or `error TEXT MS`.
+//! - `hold ADDR:PORT SECONDS INTERVAL_MS`: opens ONE TCP connection, prints `connected NAME`
+//!   once the server has greeted it, then for SECONDS writes a line every INTERVAL_MS and reads
+//!   the answer on the same connection; finally prints
+//!   `held NAME exchanges=N errors=M first_error=TEXT@EXCHANGE|-` (`NAME` is `-` if it never
+//!   connected).
+//!   An answer from another backend, a 1 s read timeout, a reset or the server closing all count
+//!   as errors; the last two end the hold. Exits 0 even with errors: the summary is the result.
 //! - `http-get ADDR:PORT PATH`: prints the response head, an empty line, then the body.
 //!
 //! Only std and socket2; test tooling, not part of the proxy.
@@ -24,9 +32,10 @@ fn main() -> ExitCode {
         ["connect", proto, addr, count, timeout, rest @ ..] if rest.len() <= 2 => {
             connect(proto, addr, count, timeout, rest.first().copied().unwrap_or("0"), rest.get(1).copied())
         }
+        ["hold", addr, seconds, interval] => hold(addr, seconds, interval),
         ["http-get", addr, path] => http_get(addr, path),
         _ => Err("usage: serve NAME PORT | connect tcp|udp ADDR:PORT COUNT TIMEOUT_MS [INTERVAL_MS [BIND]] | \
-                  http-get ADDR:PORT PATH"
+                  hold ADDR:PORT SECONDS INTERVAL_MS | http-get ADDR:PORT PATH"
             .into()),
     };
     match result {
@@ -66,14 +75,31 @@ fn serve(name: &str, port: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn answer_tcp(mut stream: TcpStream, name: &str) {
-    if let Ok(peer) = stream.peer_addr() {
-        let _ = stream.write_all(format!("{name} {}\n", plain_ip(peer)).as_bytes());
+fn answer_tcp(stream: TcpStream, name: &str) {
+    let Ok(peer) = stream.peer_addr() else {
+        return;
+    };
+    let answer = format!("{name} {}\n", plain_ip(peer));
+    let mut writer = &stream;
+    if writer.write_all(answer.as_bytes()).is_err() {
+        return;
     }
-    // Stay open until the client goes, so a client can hold the connection.
+    // Stay open until the client goes, so a client can hold the connection, and answer every
+    // line it sends the same way.
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut sink = [0u8; 64];
-    let _ = stream.read(&mut sink);
+    let mut reader = BufReader::new(&stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if writer.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The peer's IP without the v4-mapped prefix.
@@ -180,6 +206,80 @@ fn udp_once(
     let mut buf = [0u8; 512];
     let n = socket.recv(&mut buf)?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn hold(addr: &str, seconds: &str, interval: &str) -> Result<(), String> {
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("bad address {addr}"))?;
+    let duration = Duration::from_secs(seconds.parse().map_err(|_| "bad seconds")?);
+    let interval = Duration::from_millis(interval.parse().map_err(|_| "bad interval")?);
+    let timeout = Duration::from_secs(1);
+    let word = |e: std::io::Error| e.to_string().replace(' ', "_");
+    let mut out = std::io::stdout();
+    let opened = TcpStream::connect_timeout(&addr, timeout).and_then(|stream| {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        Ok((stream, reader, greeting))
+    });
+    let (mut writer, mut reader, greeting) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "held - exchanges=0 errors=1 first_error=connect:{}",
+                word(e)
+            );
+            return Ok(());
+        }
+    };
+    let Some(name) = greeting.split_whitespace().next().map(str::to_string) else {
+        let _ = writeln!(
+            out,
+            "held - exchanges=0 errors=1 first_error=closed_before_greeting"
+        );
+        return Ok(());
+    };
+    let _ = writeln!(out, "connected {name}");
+    let _ = out.flush();
+
+    let end = Instant::now() + duration;
+    let (mut exchanges, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
+    let mut seq = 0u64;
+    while Instant::now() + interval <= end {
+        thread::sleep(interval);
+        seq += 1;
+        let mut answer = String::new();
+        // (error text, whether the connection is gone)
+        let result = writeln!(writer, "ping {seq}")
+            .and_then(|()| reader.read_line(&mut answer))
+            .map_err(|e| match e.kind() {
+                ErrorKind::TimedOut | ErrorKind::WouldBlock => ("timeout".to_string(), false),
+                _ => (word(e), true),
+            })
+            .and_then(|n| match answer.split_whitespace().next() {
+                _ if n == 0 => Err(("closed_by_server".to_string(), true)),
+                Some(other) if other != name => Err((format!("answered_by_{other}"), false)),
+                _ => Ok(()),
+            });
+        match result {
+            Ok(()) => exchanges += 1,
+            Err((text, gone)) => {
+                errors += 1;
+                first_error.get_or_insert(format!("{text}@{seq}"));
+                if gone {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "held {name} exchanges={exchanges} errors={errors} first_error={}",
+        first_error.as_deref().unwrap_or("-")
+    );
+    Ok(())
 }
 
 fn http_get(addr: &str, path: &str) -> Result<(), String> {

@@ -502,6 +502,11 @@ impl Cluster {
         }
     }
 
+    /// The proxy's process id, while it runs.
+    pub fn proxy_pid(&self) -> Option<u32> {
+        self.proxy.as_ref().map(Child::id)
+    }
+
     /// Whether the proxy process is still running.
     pub fn proxy_running(&mut self) -> bool {
         self.proxy

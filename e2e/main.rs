@@ -4,12 +4,15 @@
 mod api;
 mod apiserver;
 mod clusterip;
+mod dataplane;
 mod differential;
+mod faults;
 mod flows;
 mod harness;
 mod lifecycle;
 mod manifests;
 mod masquerade;
+mod monitoring;
 mod objects;
 mod observability;
 mod policies;

@@ -50,22 +50,26 @@ const SYNCS: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family
 const FAILURES: &str =
     "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}";
 
-/// Creates `ip kube-nft-proxy` in `netns` as a table owned by a socket of the test (flag
-/// `NFT_TABLE_F_OWNER`): nobody else may change it, and it disappears when the socket closes.
+/// Replaces `ip kube-nft-proxy` in `netns`, in one transaction, by a table owned by a socket of
+/// the test (flag `NFT_TABLE_F_OWNER`): nobody else may change it, and it disappears when the
+/// socket closes.
 fn own_our_table(netns: &str) -> NfSocket {
     let path = format!("/run/netns/{netns}");
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&path).expect("netns");
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
         let mut socket = NfSocket::open().expect("nf_tables socket");
-        let seq = socket.reserve_seq(3);
+        let seq = socket.reserve_seq(4);
         let mut w = Writer::new();
         w.begin(MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, SUBSYS_NFTABLES);
+        w.end();
+        w.begin(Msg::DelTable.netlink_type(), NLM_F_REQUEST, seq + 1, 2, 0);
+        w.string(1, "kube-nft-proxy"); // NFTA_TABLE_NAME
         w.end();
         w.begin(
             Msg::NewTable.netlink_type(),
             NLM_F_REQUEST | NLM_F_CREATE,
-            seq + 1,
+            seq + 2,
             2,
             0,
         );
@@ -75,12 +79,12 @@ fn own_our_table(netns: &str) -> NfSocket {
         w.begin(
             MSG_BATCH_END,
             NLM_F_REQUEST | NLM_F_ACK,
-            seq + 2,
+            seq + 3,
             0,
             SUBSYS_NFTABLES,
         );
         w.end();
-        let outcome = socket.send_batch(&[w.into_bytes()], seq + 2).expect("send");
+        let outcome = socket.send_batch(&[w.into_bytes()], seq + 3).expect("send");
         assert!(
             outcome.committed && outcome.refused.is_empty(),
             "{outcome:?}"
@@ -168,18 +172,10 @@ fn metrics_and_health_follow_syncs_failures_and_recovery() {
         0.0
     );
 
-    // Someone else takes our IPv4 table (a table owned by their socket): every transaction is
-    // refused. Failures are counted, and once an update has waited 2 × sync-period, health fails.
-    c.nft(&["delete", "table", "ip", "kube-nft-proxy"])
-        .expect("delete");
+    // Someone else takes our IPv4 table (a table owned by their socket): the proxy notices at
+    // once and tries to restore it, but every transaction is refused. Failures are counted, and
+    // once the update has waited 2 × sync-period, health fails.
     let owner = own_our_table(&c.node.name);
-    c.write(
-        "web.yaml",
-        &[
-            &service("web", &[WEB], &HTTP),
-            &slice("web-1", "web", "IPv4", &TARGET, &[&pod1]),
-        ],
-    );
     wait_for(
         "refused syncs to be counted",
         Duration::from_secs(10),

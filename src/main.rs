@@ -26,7 +26,7 @@ use kube_nft_proxy::reconciler::{Reconciler, Timing};
 use kube_nft_proxy::render::templates::Templates;
 use kube_nft_proxy::source::Event;
 use kube_nft_proxy::source::files::FileSource;
-use kube_nft_proxy::source::{addresses, api};
+use kube_nft_proxy::source::{addresses, api, kernel_changes};
 use kube_nft_proxy::state::{Change, State};
 use kube_nft_proxy::{explain, trace};
 
@@ -224,6 +224,14 @@ fn run(args: &ProxyArgs) -> anyhow::Result<()> {
             error!(error = %e, "cannot follow local addresses; NodePort addresses stay as they are");
         }
     })?;
+    let kernel_events = events.clone();
+    thread::Builder::new()
+        .name("kernel-changes".into())
+        .spawn(move || {
+            if let Err(e) = kernel_changes::watch(kernel_events) {
+                error!(error = %e, "cannot follow nf_tables notifications; changes others make to our tables are repaired only on the next failure");
+            }
+        })?;
     let source_events = events.clone();
     match &settings.source {
         SourceKind::Dir(dir) => {

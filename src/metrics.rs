@@ -89,6 +89,9 @@ pub struct Metrics {
     /// `kubenftproxy_events_total{result}`: Kubernetes Events sent, or dropped by the rate limit
     /// or an API error.
     pub events: IntCounterVec,
+    /// `kubenftproxy_external_changes_total{ip_family}`: changes someone else made to our tables
+    /// (each one answered by re-reading and restoring the table).
+    pub external_changes: IntCounterVec,
 }
 
 fn histogram(
@@ -241,6 +244,13 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            external_changes: IntCounterVec::new(
+                Opts::new(
+                    "kubenftproxy_external_changes_total",
+                    "Changes someone else made to the proxy's tables, each followed by a restore",
+                ),
+                family,
+            )?,
         };
         m.register_all()?;
         Ok(m)
@@ -271,6 +281,7 @@ impl Metrics {
         r.register(Box::new(self.apply_duration.clone()))?;
         r.register(Box::new(self.services.clone()))?;
         r.register(Box::new(self.events.clone()))?;
+        r.register(Box::new(self.external_changes.clone()))?;
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -280,6 +291,7 @@ impl Metrics {
             self.sync_failures.with_label_values(&[f]);
             self.cleanup_failures.with_label_values(&[f]);
             self.conntrack_deleted.with_label_values(&[f]);
+            self.external_changes.with_label_values(&[f]);
             for policy in ["internal", "external"] {
                 self.no_local_endpoints.with_label_values(&[policy, f]);
             }
@@ -296,7 +308,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let process = prometheus::process_collector::ProcessCollector::for_self();
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 25] = [
             &self.sync_duration,
             &self.sync_full_duration,
             &self.sync_partial_duration,
@@ -320,6 +332,7 @@ impl Metrics {
             &self.apply_duration,
             &self.services,
             &self.events,
+            &self.external_changes,
             &process,
         ];
         collectors

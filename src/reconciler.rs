@@ -112,6 +112,8 @@ pub struct Reconciler {
     started_at: SystemTime,
     /// Per Service: ports with a Local policy and no local endpoint, `[policy][family]`.
     no_local: HashMap<ServiceKey, NoLocal>,
+    /// Someone else changed our tables: restore them without waiting for min-sync-period.
+    urgent: bool,
 }
 
 /// Service ports with a Local traffic policy and endpoints elsewhere but none here, by
@@ -154,6 +156,7 @@ impl Reconciler {
             trigger_times: HashMap::new(),
             started_at: SystemTime::now(),
             no_local: HashMap::new(),
+            urgent: false,
         })
     }
 
@@ -242,6 +245,22 @@ impl Reconciler {
                     self.mark_queued();
                 }
             }
+            Event::KernelChanged(families) => {
+                for family in &families {
+                    self.metrics
+                        .external_changes
+                        .with_label_values(&[family_label(*family)])
+                        .inc();
+                }
+                warn!(
+                    ?families,
+                    "someone else changed our tables; reading them again to restore them"
+                );
+                self.kernel = None;
+                self.full = true;
+                self.urgent = true;
+                self.mark_queued();
+            }
             Event::Shutdown => return false,
         }
         true
@@ -285,9 +304,12 @@ impl Reconciler {
                 .min()
                 .map(|oldest| *oldest + self.timing.stale_chain_delay)
         };
-        // Whatever the reason, a sync waits for min-sync-period and for the retry backoff.
+        // Whatever the reason, a sync waits for min-sync-period (unless our tables are to be
+        // restored) and for the retry backoff.
         let mut at = wanted?;
-        if let Some(end) = self.last_sync_end {
+        if let Some(end) = self.last_sync_end
+            && !self.urgent
+        {
             at = at.max(end + self.timing.min_sync_period);
         }
         if let Some(retry) = self.retry_at {
@@ -361,6 +383,7 @@ impl Reconciler {
             self.adopt_leftover_stale_chains(now);
         }
         self.touched.clear();
+        self.urgent = false;
         let full = std::mem::replace(&mut self.full, false);
         self.failures = 0;
         self.retry_at = None;

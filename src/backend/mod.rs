@@ -6,6 +6,7 @@ pub mod netlink;
 pub mod nft;
 pub mod nft_json;
 pub mod script;
+pub mod writers;
 
 use crate::diff::Transaction;
 use crate::ruleset::KernelState;

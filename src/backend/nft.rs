@@ -66,6 +66,8 @@ impl NftBackend {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
+        // nft's netlink socket takes its process id as port: its commits are ours.
+        super::writers::register(child.id());
         if let (Some(feed), Some(mut pipe)) = (feed, child.stdin.take()) {
             // A write error means nft exited early; its status and stderr tell why.
             let _ = feed(&mut pipe);

@@ -5,6 +5,7 @@
 pub mod addresses;
 pub mod api;
 pub mod files;
+pub mod kernel_changes;
 pub mod manifest;
 
 use crate::state::Change;
@@ -18,6 +19,8 @@ pub enum Event {
     Synced,
     /// The node's local addresses (for NodePorts and health checks) are now these.
     LocalAddresses(Vec<std::net::IpAddr>),
+    /// Someone else changed our table of these families: read the kernel again and restore it.
+    KernelChanged(Vec<crate::model::Family>),
     /// Stop the reconciler (rules stay in place).
     Shutdown,
 }

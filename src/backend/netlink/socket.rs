@@ -41,7 +41,9 @@ impl NfSocket {
     /// Opens a socket in the current network namespace.
     pub fn open() -> io::Result<NfSocket> {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
+        let local = socket.bind_auto()?;
+        // Our commits are announced with this port: the kernel-change monitor ignores them.
+        crate::backend::writers::register(local.port_number());
         socket.connect(&SocketAddr::new(0, 0))?;
         // Error reports carry only the refused message's header, plus the offending attribute.
         socket.set_cap_ack(true)?;

@@ -193,6 +193,8 @@ pub struct Message<'a> {
     pub msg_type: u16,
     pub flags: u16,
     pub seq: u32,
+    /// The port id: in a notification, the port of the socket whose change it announces.
+    pub port: u32,
     /// After the nlmsghdr (for nf_tables messages: nfgenmsg, then attributes).
     pub payload: &'a [u8],
 }
@@ -211,6 +213,7 @@ pub fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message<'_>> {
             msg_type: u16::from_ne_bytes(buf[4..6].try_into().ok()?),
             flags: u16::from_ne_bytes(buf[6..8].try_into().ok()?),
             seq: u32::from_ne_bytes(buf[8..12].try_into().ok()?),
+            port: u32::from_ne_bytes(buf[12..16].try_into().ok()?),
             payload: &buf[NLMSG_HDRLEN..len],
         };
         buf = &buf[len.next_multiple_of(4).min(buf.len())..];
