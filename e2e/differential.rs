@@ -506,9 +506,13 @@ fn a_refused_batch_names_the_object_and_changes_nothing() {
         });
         (refused, tables, later)
     });
-    let err = result
-        .expect_err("deleting a missing chain fails")
-        .to_string();
+    let err = result.expect_err("deleting a missing chain fails");
+    // The refused operation is named by its index, so its owner can be isolated.
+    assert!(
+        matches!(&err, BackendError::Rejected { ops, .. } if ops == &[2]),
+        "{err:?}"
+    );
+    let err = err.to_string();
     assert!(err.contains("delete chain no-such-chain"), "{err}");
     assert!(err.contains("No such file or directory"), "{err}");
     // The validation reset after the refusal leaves nothing behind; the next batch commits.

@@ -92,6 +92,9 @@ pub struct Metrics {
     /// `kubenftproxy_external_changes_total{ip_family}`: changes someone else made to our tables
     /// (each one answered by re-reading and restoring the table).
     pub external_changes: IntCounterVec,
+    /// `kubenftproxy_quarantined_services`: Services the kernel refused, left out so the rest
+    /// could be programmed.
+    pub quarantined: IntGauge,
 }
 
 fn histogram(
@@ -251,6 +254,10 @@ impl Metrics {
                 ),
                 family,
             )?,
+            quarantined: IntGauge::new(
+                "kubenftproxy_quarantined_services",
+                "Services the kernel refused, left out so the others could be programmed",
+            )?,
         };
         m.register_all()?;
         Ok(m)
@@ -282,6 +289,7 @@ impl Metrics {
         r.register(Box::new(self.services.clone()))?;
         r.register(Box::new(self.events.clone()))?;
         r.register(Box::new(self.external_changes.clone()))?;
+        r.register(Box::new(self.quarantined.clone()))?;
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -308,7 +316,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let process = prometheus::process_collector::ProcessCollector::for_self();
-        let collectors: [&dyn Collector; 25] = [
+        let collectors: [&dyn Collector; 26] = [
             &self.sync_duration,
             &self.sync_full_duration,
             &self.sync_partial_duration,
@@ -333,6 +341,7 @@ impl Metrics {
             &self.services,
             &self.events,
             &self.external_changes,
+            &self.quarantined,
             &process,
         ];
         collectors

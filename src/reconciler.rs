@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use tokio::sync::watch;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::conntrack::{self, FlowCleaner, UdpTarget};
 use crate::diff::{Scope, Transaction, diff};
 use crate::events::{EventSink, Warning};
@@ -28,6 +28,7 @@ use crate::ruleset::kernel::ChainContent;
 use crate::ruleset::{ChainName, KernelState, ObjectRef, Ruleset};
 use crate::source::Event;
 use crate::state::{Change, State};
+use quarantine::{Quarantine, culprits};
 
 /// Timing of the loop.
 #[derive(Clone, Debug)]
@@ -114,6 +115,10 @@ pub struct Reconciler {
     no_local: HashMap<ServiceKey, NoLocal>,
     /// Someone else changed our tables: restore them without waiting for min-sync-period.
     urgent: bool,
+    /// Services the kernel refused, left out so the rest can be programmed.
+    quarantine: Quarantine,
+    /// Services to render again at the next sync although their objects did not change.
+    rerender: BTreeSet<ServiceKey>,
 }
 
 /// Service ports with a Local traffic policy and endpoints elsewhere but none here, by
@@ -157,6 +162,8 @@ impl Reconciler {
             started_at: SystemTime::now(),
             no_local: HashMap::new(),
             urgent: false,
+            quarantine: Quarantine::default(),
+            rerender: BTreeSet::new(),
         })
     }
 
@@ -288,7 +295,11 @@ impl Reconciler {
     /// Whether a sync has work to do.
     fn sync_wanted(&self) -> bool {
         self.source_synced
-            && (self.state.has_changes() || self.full || self.rerender_all || self.kernel.is_none())
+            && (self.state.has_changes()
+                || self.full
+                || self.rerender_all
+                || self.kernel.is_none()
+                || !self.rerender.is_empty())
     }
 
     /// When the next sync (or stale-chain deletion) should start, if any.
@@ -299,10 +310,15 @@ impl Reconciler {
         let wanted = if self.sync_wanted() {
             Some(Instant::now())
         } else {
-            self.stale
+            let stale = self
+                .stale
                 .values()
                 .min()
-                .map(|oldest| *oldest + self.timing.stale_chain_delay)
+                .map(|oldest| *oldest + self.timing.stale_chain_delay);
+            match (stale, self.quarantine.next_retry()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            }
         };
         // Whatever the reason, a sync waits for min-sync-period (unless our tables are to be
         // restored) and for the retry backoff.
@@ -327,6 +343,10 @@ impl Reconciler {
     /// Renders what changed, diffs and applies. `now` decides which stale chains are due.
     pub fn sync(&mut self, now: Instant) -> SyncOutcome {
         let started = Instant::now();
+        for key in self.quarantine.lift_expired(now) {
+            info!(service = %key, "trying a quarantined Service again");
+            self.rerender.insert(key);
+        }
         self.render_changes();
         if self.kernel.is_none() {
             match self.backend.read() {
@@ -369,7 +389,10 @@ impl Reconciler {
                     SyncOutcome::Applied { operations }
                 }
                 Err(e) => {
-                    warn!(error = %e, operations, "transaction refused; nothing changed, will retry with a full sync");
+                    warn!(error = %e, operations, "transaction refused; nothing changed");
+                    if self.isolate(&tx, &e, now) {
+                        return SyncOutcome::Failed;
+                    }
                     return self.failed(now);
                 }
             }
@@ -575,6 +598,38 @@ impl Reconciler {
         }
     }
 
+    /// Takes the Services that own the refused operations out of the desired ruleset, so the
+    /// next attempt (at once, with the mirror kept: nothing changed in the kernel) programs the
+    /// rest. Returns false when the refusal names no Service (or too many to be their fault).
+    fn isolate(&mut self, tx: &Transaction, error: &BackendError, now: Instant) -> bool {
+        let BackendError::Rejected { ops, .. } = error else {
+            return false;
+        };
+        let found = culprits(tx, ops, &self.desired);
+        if found.is_empty() {
+            return false;
+        }
+        self.metrics.sync_failed();
+        for key in found {
+            warn!(service = %key, error = %error, "the kernel refuses this Service; leaving it out and programming the rest");
+            self.warnings.warn(Warning {
+                object: service_id(&key),
+                uid: self.state.service(&key).and_then(|s| s.uid.clone()),
+                reason: "FailedToProgram",
+                message: format!("the kernel refused this Service's rules: {error}"),
+            });
+            self.quarantine.insert(key.clone(), now);
+            self.replace_fragment(Owner::Service(Arc::new(key.clone())), Vec::new());
+            self.health_checks.remove(&key);
+        }
+        self.metrics
+            .quarantined
+            .set(i64::try_from(self.quarantine.len()).unwrap_or(i64::MAX));
+        self.last_sync_end = Some(Instant::now());
+        self.urgent = true;
+        true
+    }
+
     fn failed(&mut self, now: Instant) -> SyncOutcome {
         self.metrics.sync_failed();
         self.failures = self.failures.saturating_add(1);
@@ -626,15 +681,36 @@ impl Reconciler {
             self.rerender_all = false;
             all.into_iter().collect()
         } else {
-            changes.services.into_keys().collect()
+            changes.services.keys().cloned().collect()
         };
+        // A quarantined Service whose objects changed is tried again.
+        for key in changes.services.keys() {
+            if self.quarantine.lift(key) {
+                info!(service = %key, "a quarantined Service changed; trying it again");
+            }
+        }
+        let rerender = std::mem::take(&mut self.rerender);
+        let mut services = services;
+        services.extend(
+            rerender
+                .into_iter()
+                .filter(|k| !changes.services.contains_key(k)),
+        );
         for key in services {
             self.render_service(key);
         }
+        self.metrics
+            .quarantined
+            .set(i64::try_from(self.quarantine.len()).unwrap_or(i64::MAX));
     }
 
     fn render_service(&mut self, key: ServiceKey) {
         let owner = Owner::Service(Arc::new(key.clone()));
+        if self.quarantine.contains(&key) {
+            self.replace_fragment(owner, Vec::new());
+            self.health_checks.remove(&key);
+            return;
+        }
         let Some(service) = self.state.service(&key).cloned() else {
             self.replace_fragment(owner, Vec::new());
             self.health_checks.remove(&key);
@@ -765,5 +841,6 @@ fn is_empty_in_kernel(kernel: Option<&KernelState>, family: Family, name: &Chain
         .is_some_and(|c| c.content == ChainContent::Empty)
 }
 
+pub mod quarantine;
 #[cfg(test)]
 mod tests;

@@ -22,6 +22,10 @@ pub enum BackendError {
     },
     #[error("the kernel refused the transaction: {0}")]
     Refused(String),
+    /// Refused, and the kernel named the operations (indices into the transaction's ops) it
+    /// refused, so the objects at fault can be isolated.
+    #[error("the kernel refused the transaction: {message}")]
+    Rejected { message: String, ops: Vec<usize> },
     #[error("cannot read the kernel's ruleset: {0}")]
     Read(String),
     #[error("cannot encode the transaction: {0}")]

@@ -18,6 +18,8 @@ struct FakeKernel {
     transactions: Vec<Transaction>,
     reads: usize,
     fail_next: bool,
+    /// Refuse (naming the operations) rules of chains whose name contains this.
+    refuse_rules_in: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -32,6 +34,21 @@ impl Backend for FakeBackend {
         let mut k = self.0.lock().unwrap();
         if std::mem::take(&mut k.fail_next) {
             return Err(BackendError::Refused("injected failure".into()));
+        }
+        if let Some(pattern) = k.refuse_rules_in.clone() {
+            let ops: Vec<usize> = tx
+                .ops
+                .iter()
+                .enumerate()
+                .filter(|(_, op)| matches!(op, Op::AddRules(_, name, _) if name.as_str().contains(&pattern)))
+                .map(|(i, _)| i)
+                .collect();
+            if !ops.is_empty() {
+                return Err(BackendError::Rejected {
+                    message: "injected refusal".into(),
+                    ops,
+                });
+            }
         }
         k.state.apply(tx);
         k.transactions.push(tx.clone());
@@ -502,4 +519,78 @@ fn local_policy_without_local_endpoints_is_counted_and_a_terminating_node_is_rep
     assert!(node.terminating);
     r.handle(Event::Changes(vec![Change::Upsert(Object::Node(node))]));
     assert!(r.status().lock().unwrap().node_terminating);
+}
+
+#[test]
+fn a_service_the_kernel_refuses_is_isolated_and_the_rest_programmed() {
+    let backend = FakeBackend::default();
+    backend.0.lock().unwrap().refuse_rules_in = Some("ns/bad/".into());
+    let mut r = reconciler(&backend);
+    r.handle(Event::Changes(vec![
+        service("bad", "10.96.0.1"),
+        slice("bad", &["10.0.1.1"]),
+        service("good", "10.96.0.2"),
+        slice("good", &["10.0.1.2"]),
+    ]));
+    r.handle(Event::Synced);
+    let t0 = Instant::now();
+    assert_eq!(r.sync(t0), SyncOutcome::Failed);
+    assert_eq!(
+        tx_count(&backend),
+        0,
+        "the refused transaction changed nothing"
+    );
+    assert_eq!(r.metrics.quarantined.get(), 1);
+    // At once, without backoff, and without reading the kernel again.
+    assert!(r.next_deadline().is_some_and(|d| d <= Instant::now()));
+    assert!(matches!(r.sync(t0), SyncOutcome::Applied { .. }));
+    let programmed = describe(&last_tx(&backend));
+    assert!(
+        programmed.contains(&"add 2 rules service-ns/good/tcp/http".to_string()),
+        "{programmed:?}"
+    );
+    assert!(
+        !programmed.iter().any(|op| op.contains("ns/bad/")),
+        "{programmed:?}"
+    );
+    assert_eq!(backend.0.lock().unwrap().reads, 1);
+
+    // A change to the quarantined Service tries it again (and it is refused again).
+    r.handle(Event::Changes(vec![slice(
+        "bad",
+        &["10.0.1.1", "10.0.1.3"],
+    )]));
+    assert_eq!(r.sync(t0 + Duration::from_secs(2)), SyncOutcome::Failed);
+    assert_eq!(r.metrics.quarantined.get(), 1);
+    assert!(matches!(
+        r.sync(t0 + Duration::from_secs(2)),
+        SyncOutcome::Unchanged | SyncOutcome::Applied { .. }
+    ));
+
+    // The kernel accepts it later (a module was loaded): the periodic retry programs it.
+    backend.0.lock().unwrap().refuse_rules_in = None;
+    let retry = t0 + quarantine::RETRY + Duration::from_secs(3);
+    assert!(matches!(r.sync(retry), SyncOutcome::Applied { .. }));
+    assert!(
+        describe(&last_tx(&backend)).contains(&"add 2 rules service-ns/bad/tcp/http".to_string())
+    );
+    assert_eq!(r.metrics.quarantined.get(), 0);
+}
+
+#[test]
+fn a_refusal_of_the_base_ruleset_isolates_nothing() {
+    let backend = FakeBackend::default();
+    backend.0.lock().unwrap().refuse_rules_in = Some("services".into());
+    let mut r = reconciler(&backend);
+    r.handle(Event::Changes(vec![
+        service("a", "10.96.0.1"),
+        slice("a", &["10.0.1.1"]),
+    ]));
+    r.handle(Event::Synced);
+    assert_eq!(r.sync(Instant::now()), SyncOutcome::Failed);
+    assert_eq!(r.metrics.quarantined.get(), 0);
+    assert!(
+        r.next_deadline().is_some_and(|d| d > Instant::now()),
+        "a normal backoff"
+    );
 }

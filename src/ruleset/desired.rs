@@ -80,6 +80,14 @@ enum Claims<T> {
 }
 
 impl<T: PartialEq + Clone> Claims<T> {
+    /// The owner whose content is in force.
+    fn winner(&self) -> Option<&Owner> {
+        match self {
+            Claims::One(o, _) => Some(o),
+            Claims::Many(list) => list.first().map(|(o, _)| o),
+        }
+    }
+
     fn effective(&self) -> Option<&T> {
         match self {
             Claims::One(_, v) => Some(v),
@@ -420,6 +428,17 @@ impl Ruleset {
             .into_iter()
             .flatten()
             .filter_map(|(k, c)| c.effective().map(|v| (k, v)))
+    }
+
+    /// The owner whose content of `object` is in force (`None`: nobody wants it).
+    pub fn owner_of(&self, object: &ObjectRef) -> Option<&Owner> {
+        match object {
+            ObjectRef::Set(f, name) => self.tables[f.index()].sets.get(name)?.winner(),
+            ObjectRef::Chain(f, name) => self.tables[f.index()].chains.get(name)?.winner(),
+            ObjectRef::Element(f, set, key) => {
+                self.tables[f.index()].elements.get(set)?.get(key)?.winner()
+            }
+        }
     }
 
     /// Every object of a family, for full diffs.

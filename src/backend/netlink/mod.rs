@@ -133,13 +133,26 @@ impl Backend for NetlinkBackend {
             .send_batch(&batch.chunks, batch.end_seq)
             .map_err(|e| BackendError::Netlink(e.to_string()))?;
         if !outcome.refused.is_empty() || !outcome.committed {
-            let described = if outcome.refused.is_empty() {
-                "the kernel did not confirm the commit".to_string()
-            } else {
-                self.describe(&batch, &outcome.refused)
-            };
             self.reset_validation();
-            return Err(BackendError::Refused(described));
+            if outcome.refused.is_empty() {
+                return Err(BackendError::Refused(
+                    "the kernel did not confirm the commit".to_string(),
+                ));
+            }
+            let mut ops: Vec<usize> = outcome
+                .refused
+                .iter()
+                .filter_map(|(seq, _)| match batch.doing(*seq) {
+                    Some(Doing::Op { index, .. }) => Some(*index),
+                    _ => None,
+                })
+                .collect();
+            ops.sort_unstable();
+            ops.dedup();
+            return Err(BackendError::Rejected {
+                message: self.describe(&batch, &outcome.refused),
+                ops,
+            });
         }
         Ok(())
     }
