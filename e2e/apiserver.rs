@@ -197,6 +197,18 @@ impl ApiServer {
         remove(&self.shared, resource, namespace, name);
     }
 
+    /// The stored object (`Null` if there is none).
+    pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Value {
+        self.shared
+            .0
+            .lock()
+            .expect("store")
+            .objects
+            .get(&key(resource, namespace, name))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
     /// The Events created so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.0.lock().expect("store").events.clone()

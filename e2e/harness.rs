@@ -576,10 +576,21 @@ impl Cluster {
     }
 
     /// Waits until the kernel holds the chains the current manifests call for: `render` (same
-    /// flags, no kernel) and `nft list` must agree rule for rule.
+    /// flags, no kernel) and `nft list` must agree rule for rule. A proxy following the
+    /// Kubernetes API is compared with the manifests in `dir` (the test writes them there).
     pub fn settle(&self) {
+        // A proxy on the Kubernetes API is compared with the manifests the test wrote to `dir`.
+        let dir = self.dir.display().to_string();
         let mut args: Vec<&str> = vec![PROXY, "render"];
-        args.extend(self.proxy_args.iter().skip(1).map(String::as_str));
+        let mut rest = self.proxy_args.iter().skip(1).map(String::as_str);
+        while let Some(arg) = rest.next() {
+            if arg == "--master" {
+                rest.next();
+                args.extend(["--from-dir", &dir]);
+            } else {
+                args.push(arg);
+            }
+        }
         let script = run(&args).unwrap_or_else(|e| panic!("render: {e}"));
         // What the kernel must hold: the script loaded into an empty namespace.
         let file = self.dir.join(".settle.nft");

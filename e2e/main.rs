@@ -17,4 +17,5 @@ mod objects;
 mod observability;
 mod policies;
 mod rows;
+mod soak;
 mod tables;
