@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::apiserver::{ApiServer, Resource};
 use crate::harness::{Cluster, From, addr, require_root, wait_for};
-use crate::objects::{service, slice};
+use crate::objects::{service, serving_web, slice};
 
 const HTTP: [(&str, i32, &str); 1] = [("http", 80, "TCP")];
 const TARGET: [(&str, i32, &str); 1] = [("http", 8080, "TCP")];
@@ -56,17 +56,7 @@ fn repaired_after(c: &Cluster, what: &str, tamper: &[&str]) -> Duration {
 
 #[test]
 fn tables_changed_by_others_are_restored_and_other_tables_are_left_alone() {
-    require_root();
-    let mut c = Cluster::new(2);
-    c.serve(1, 8080);
-    let pod1 = c.pods[0].ip4.clone();
-    c.write(
-        "web.yaml",
-        &[
-            &service("web", &[WEB], &HTTP),
-            &slice("web-1", "web", "IPv4", &TARGET, &[&pod1]),
-        ],
-    );
+    let (mut c, pod1) = serving_web(2, WEB);
     c.start_proxy(&[]);
     c.wait_answered(From::Pod(2), "tcp", &addr(WEB, 80), Duration::from_secs(5));
     c.settle();

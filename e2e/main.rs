@@ -17,5 +17,6 @@ mod objects;
 mod observability;
 mod policies;
 mod rows;
+mod security;
 mod soak;
 mod tables;

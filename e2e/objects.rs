@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use kube_nft_proxy::fixtures::{ServiceBuilder, SliceBuilder};
 
-use crate::harness::NODE_NAME;
+use crate::harness::{Cluster, NODE_NAME, require_root};
 
 /// A Service with a ClusterIP per family given and the ports `(name, port, protocol)`.
 pub fn service(name: &str, cluster_ips: &[&str], ports: &[(&str, i32, &str)]) -> Value {
@@ -160,4 +160,24 @@ impl Default for Exposed<'_> {
             health_check_node_port: None,
         }
     }
+}
+
+/// A cluster of `pods` pods whose first serves on 8080 behind the ClusterIP Service `web`
+/// (`cluster_ip`, TCP 80, target port 8080), written but with no proxy started yet; and pod1's
+/// address.
+pub fn serving_web(pods: usize, cluster_ip: &str) -> (Cluster, String) {
+    require_root();
+    let mut c = Cluster::new(pods);
+    c.serve(1, 8080);
+    let pod1 = c.pods[0].ip4.clone();
+    let http = [("http", 80, "TCP")];
+    let target = [("http", 8080, "TCP")];
+    c.write(
+        "web.yaml",
+        &[
+            &service("web", &[cluster_ip], &http),
+            &slice("web-1", "web", "IPv4", &target, &[&pod1]),
+        ],
+    );
+    (c, pod1)
 }

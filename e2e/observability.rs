@@ -15,7 +15,7 @@ use kube_nft_proxy::backend::netlink::wire::{
 
 use crate::apiserver::{ApiServer, Resource};
 use crate::harness::{Cluster, ECHO, From, PROXY, Reply, addr, require_root, run, wait_for};
-use crate::objects::{service, slice};
+use crate::objects::{service, serving_web, slice};
 
 const HTTP: [(&str, i32, &str); 1] = [("http", 80, "TCP")];
 const TARGET: [(&str, i32, &str); 1] = [("http", 8080, "TCP")];
@@ -97,17 +97,7 @@ fn own_our_table(netns: &str) -> NfSocket {
 
 #[test]
 fn metrics_and_health_follow_syncs_failures_and_recovery() {
-    require_root();
-    let mut c = Cluster::new(2);
-    c.serve(1, 8080);
-    let pod1 = c.pods[0].ip4.clone();
-    c.write(
-        "web.yaml",
-        &[
-            &service("web", &[WEB], &HTTP),
-            &slice("web-1", "web", "IPv4", &TARGET, &[&pod1]),
-        ],
-    );
+    let (mut c, pod1) = serving_web(2, WEB);
     c.start_proxy(&["--sync-period", "1s"]);
     c.wait_answered(From::Pod(2), "tcp", &addr(WEB, 80), Duration::from_secs(5));
 
@@ -215,17 +205,7 @@ fn metrics_and_health_follow_syncs_failures_and_recovery() {
 
 #[test]
 fn trace_follows_a_packet_to_its_endpoint_and_reports_masquerading() {
-    require_root();
-    let mut c = Cluster::new(1);
-    c.serve(1, 8080);
-    let pod1 = c.pods[0].ip4.clone();
-    c.write(
-        "web.yaml",
-        &[
-            &service("web", &[WEB], &HTTP),
-            &slice("web-1", "web", "IPv4", &TARGET, &[&pod1]),
-        ],
-    );
+    let (mut c, pod1) = serving_web(1, WEB);
     c.start_proxy(&[]);
     c.wait_answered(
         From::External,

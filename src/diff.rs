@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::model::Family;
+use crate::ruleset::desired::Item;
 use crate::ruleset::kernel::{ChainContent, KernelTable};
 use crate::ruleset::{
     BaseChain, Chain, ChainName, ElementKey, ElementValue, KernelState, ObjectRef, Ruleset,
@@ -86,6 +87,34 @@ impl Transaction {
             _ => None,
         })
     }
+}
+
+/// The transaction that creates `items` from nothing, one op per object (so a script of it prints
+/// each element on a line of its own): how `explain` shows a Service's objects.
+pub fn creating(items: Vec<Item>) -> Transaction {
+    let mut ops = Vec::new();
+    for item in items {
+        match item {
+            Item::Set { family, name, spec } => ops.push(Op::AddSet(family, name, spec)),
+            Item::Chain {
+                family,
+                name,
+                chain,
+            } => {
+                ops.push(Op::AddChain(family, name.clone(), chain.base));
+                if !chain.rules.is_empty() {
+                    ops.push(Op::AddRules(family, name, chain));
+                }
+            }
+            Item::Element {
+                family,
+                set,
+                key,
+                value,
+            } => ops.push(Op::AddElements(family, set, vec![(key, value)])),
+        }
+    }
+    Transaction { ops }
 }
 
 /// Which objects a diff looks at.

@@ -9,7 +9,7 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::backend::script;
-use crate::diff::{Op, Transaction};
+use crate::diff::creating;
 use crate::model::{Label, ServiceKey, ServiceType};
 use crate::plan::endpoints::{Candidate, Selection};
 use crate::plan::{
@@ -17,7 +17,6 @@ use crate::plan::{
     plan_service, resolve_node_addresses,
 };
 use crate::render::{RenderError, Renderer};
-use crate::ruleset::desired::Item;
 use crate::state::State;
 
 /// Why there is nothing to explain.
@@ -117,35 +116,8 @@ pub fn explain(
         out,
         "\nnftables objects (table kube-nft-proxy; `nft list table ip kube-nft-proxy` shows them in place):"
     );
-    out.push_str(&script::script(&objects(items)));
+    out.push_str(&script::script(&creating(items)));
     Ok(out)
-}
-
-/// One op per object, so each element prints on a line of its own.
-fn objects(items: Vec<Item>) -> Transaction {
-    let mut ops = Vec::new();
-    for item in items {
-        match item {
-            Item::Set { family, name, spec } => ops.push(Op::AddSet(family, name, spec)),
-            Item::Chain {
-                family,
-                name,
-                chain,
-            } => {
-                ops.push(Op::AddChain(family, name.clone(), chain.base));
-                if !chain.rules.is_empty() {
-                    ops.push(Op::AddRules(family, name, chain));
-                }
-            }
-            Item::Element {
-                family,
-                set,
-                key,
-                value,
-            } => ops.push(Op::AddElements(family, set, vec![(key, value)])),
-        }
-    }
-    Transaction { ops }
 }
 
 fn explain_port(out: &mut String, port: &PortPlan, offered: &[Candidate], settings: &NodeSettings) {

@@ -27,6 +27,7 @@ use crate::ruleset::desired::{Conflict, Item, Owner, Untracked};
 use crate::ruleset::kernel::ChainContent;
 use crate::ruleset::{ChainName, KernelState, ObjectRef, Ruleset};
 use crate::source::Event;
+use crate::source::kernel_changes::Damage;
 use crate::state::{Change, State};
 use quarantine::{Quarantine, culprits};
 
@@ -252,25 +253,54 @@ impl Reconciler {
                     self.mark_queued();
                 }
             }
-            Event::KernelChanged(families) => {
-                for family in &families {
-                    self.metrics
-                        .external_changes
-                        .with_label_values(&[family_label(*family)])
-                        .inc();
-                }
-                warn!(
-                    ?families,
-                    "someone else changed our tables; reading them again to restore them"
-                );
-                self.kernel = None;
-                self.full = true;
-                self.urgent = true;
-                self.mark_queued();
-            }
+            Event::KernelChanged(damage) => self.repair(damage),
             Event::Shutdown => return false,
         }
         true
+    }
+
+    /// Someone else changed our tables: fix the mirror where the notification says exactly what
+    /// happened (a table deleted: rebuild it; a chain's rules changed or the chain deleted:
+    /// rewrite it), otherwise read the kernel again; then sync at once.
+    fn repair(&mut self, damage: Vec<(Family, Damage)>) {
+        warn!(?damage, "someone else changed our tables; restoring them");
+        for (family, what) in damage {
+            self.metrics
+                .external_changes
+                .with_label_values(&[family_label(family)])
+                .inc();
+            let Some(kernel) = self.kernel.as_mut() else {
+                continue; // read before the next sync anyway
+            };
+            let table = &mut kernel.tables[family.index()];
+            let deleted = matches!(what, Damage::ChainDeleted(_));
+            match what {
+                Damage::TableDeleted => *table = None,
+                Damage::ChainChanged(name) | Damage::ChainDeleted(name) => {
+                    match (ChainName::new(&name), table.as_mut()) {
+                        (Ok(chain), Some(t)) if t.chains.contains_key(&chain) => {
+                            if deleted {
+                                t.chains.remove(&chain);
+                            } else if let Some(c) = t.chains.get_mut(&chain) {
+                                c.content = ChainContent::Unknown;
+                            }
+                            self.touched.insert(ObjectRef::Chain(family, chain));
+                        }
+                        // A chain we do not know: read everything.
+                        _ => {
+                            self.kernel = None;
+                            self.full = true;
+                        }
+                    }
+                }
+                Damage::Other => {
+                    self.kernel = None;
+                    self.full = true;
+                }
+            }
+        }
+        self.urgent = true;
+        self.mark_queued();
     }
 
     fn mark_queued(&self) {
@@ -299,7 +329,8 @@ impl Reconciler {
                 || self.full
                 || self.rerender_all
                 || self.kernel.is_none()
-                || !self.rerender.is_empty())
+                || !self.rerender.is_empty()
+                || !self.touched.is_empty())
     }
 
     /// When the next sync (or stale-chain deletion) should start, if any.

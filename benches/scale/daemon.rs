@@ -1,6 +1,8 @@
 //! The real daemon on manifests: time from process start until the first sync finished (reading
 //! and parsing the manifests included), file edits until their sync finished (the source waits
-//! for a file to settle first), and the process's peak and final resident memory.
+//! for a file to settle first), the repair after another tool deletes the IPv4 table (noticed
+//! through nf_tables notifications, the kernel read again, everything written back), and the
+//! process's peak and final resident memory.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -17,6 +19,8 @@ const PROXY: &str = env!("CARGO_BIN_EXE_kube-nft-proxy");
 pub struct DaemonRun {
     pub cold_start_ms: f64,
     pub file_change_ms: Vec<f64>,
+    /// `nft delete table ip kube-nft-proxy` until the sync that restored it finished.
+    pub repair_ms: f64,
     pub peak_rss_mb: f64,
     pub final_rss_mb: f64,
 }
@@ -85,6 +89,26 @@ pub fn measure(
         file_change_ms.push(done.duration_since(edited).as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Someone deletes our IPv4 table; the proxy notices and restores it.
+    std::thread::sleep(Duration::from_millis(1500));
+    while synced.try_recv().is_ok() {}
+    let deleted = Instant::now();
+    let status = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &netns.name,
+            "nft",
+            "delete",
+            "table",
+            "ip",
+            "kube-nft-proxy",
+        ])
+        .status()
+        .expect("nft");
+    assert!(status.success(), "delete the table");
+    let restored = synced.recv_timeout(timeout).expect("a repair sync");
+    let repair_ms = restored.duration_since(deleted).as_secs_f64() * 1000.0;
     let peak_rss_mb = status_kb(pid, "VmHWM:").unwrap_or(0.0) / 1024.0;
     let final_rss_mb = status_kb(pid, "VmRSS:").unwrap_or(0.0) / 1024.0;
     let _ = Command::new("kill").arg(pid.to_string()).status();
@@ -93,6 +117,7 @@ pub fn measure(
     DaemonRun {
         cold_start_ms,
         file_change_ms,
+        repair_ms,
         peak_rss_mb,
         final_rss_mb,
     }

@@ -18,6 +18,7 @@ pub struct Summary {
     pub adoption_ms: f64,
     pub adoption_writes: usize,
     pub daemon_cold_start_ms: Option<f64>,
+    pub daemon_repair_ms: Option<f64>,
     pub daemon_peak_rss_mb: Option<f64>,
 }
 
@@ -60,6 +61,7 @@ pub fn summarise(latencies: &Latencies, daemon: Option<&DaemonRun>) -> Summary {
         adoption_ms: latencies.adoption_ms,
         adoption_writes: latencies.adoption_writes,
         daemon_cold_start_ms: daemon.map(|d| d.cold_start_ms),
+        daemon_repair_ms: daemon.map(|d| d.repair_ms),
         daemon_peak_rss_mb: daemon.map(|d| d.peak_rss_mb),
     }
 }
@@ -81,14 +83,17 @@ pub fn table(runs: &[Run]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| backend | services | cold start | 1-endpoint p50 | 1-endpoint p99 (n) | add service | delete service | restart adoption (writes) | daemon cold start | daemon peak RSS |"
+        "| backend | services | cold start | 1-endpoint p50 | 1-endpoint p99 (n) | add service | delete service | restart adoption (writes) | daemon cold start | repair after table deleted | daemon peak RSS |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in runs {
         let s = &r.summary;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {} | {} |",
+            "| {} | {} | {} | {} | {} ({}) | {} | {} | {} ({}) | {} | {} | {} |",
             r.backend,
             r.services,
             ms(s.cold_start_ms),
@@ -100,6 +105,7 @@ pub fn table(runs: &[Run]) -> String {
             ms(s.adoption_ms),
             s.adoption_writes,
             s.daemon_cold_start_ms.map_or("-".into(), ms),
+            s.daemon_repair_ms.map_or("-".into(), ms),
             s.daemon_peak_rss_mb
                 .map_or("-".into(), |m| format!("{m:.0} MB")),
         );

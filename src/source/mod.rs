@@ -19,8 +19,8 @@ pub enum Event {
     Synced,
     /// The node's local addresses (for NodePorts and health checks) are now these.
     LocalAddresses(Vec<std::net::IpAddr>),
-    /// Someone else changed our table of these families: read the kernel again and restore it.
-    KernelChanged(Vec<crate::model::Family>),
+    /// Someone else changed our tables: restore them.
+    KernelChanged(Vec<(crate::model::Family, kernel_changes::Damage)>),
     /// Stop the reconciler (rules stay in place).
     Shutdown,
 }
