@@ -330,7 +330,8 @@ impl Reconciler {
                 || self.rerender_all
                 || self.kernel.is_none()
                 || !self.rerender.is_empty()
-                || !self.touched.is_empty())
+                || !self.touched.is_empty()
+                || self.urgent)
     }
 
     /// When the next sync (or stale-chain deletion) should start, if any.

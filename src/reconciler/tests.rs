@@ -607,24 +607,50 @@ fn damage_others_do_is_repaired_without_reading_the_kernel_when_the_notice_says_
         Family::V4,
         Damage::ChainChanged("services".into()),
     )]));
-    assert!(r.next_deadline().is_some_and(|d| d <= Instant::now()), "at once");
-    assert!(matches!(r.sync(Instant::now()), SyncOutcome::Applied { .. }));
+    assert!(
+        r.next_deadline().is_some_and(|d| d <= Instant::now()),
+        "at once"
+    );
+    assert!(matches!(
+        r.sync(Instant::now()),
+        SyncOutcome::Applied { .. }
+    ));
     assert_eq!(
         describe(&last_tx(&backend)),
         ["flush chain services", "add 2 rules services"]
     );
-    r.handle(Event::KernelChanged(vec![(Family::V6, Damage::TableDeleted)]));
-    assert!(matches!(r.sync(Instant::now()), SyncOutcome::Applied { .. }));
+    r.handle(Event::KernelChanged(vec![(
+        Family::V6,
+        Damage::TableDeleted,
+    )]));
+    assert!(
+        r.next_deadline().is_some_and(|d| d <= Instant::now()),
+        "a rebuild is due at once"
+    );
+    assert!(matches!(
+        r.sync(Instant::now()),
+        SyncOutcome::Applied { .. }
+    ));
     let rebuilt = describe(&last_tx(&backend));
     assert_eq!(rebuilt[0], "add table ip6");
-    assert!(rebuilt.iter().all(|op| !op.contains("table ip ")), "{rebuilt:?}");
+    assert!(
+        rebuilt.iter().all(|op| !op.contains("table ip ")),
+        "{rebuilt:?}"
+    );
     assert_eq!(backend.0.lock().unwrap().reads, 1, "nothing read");
     assert_eq!(
-        r.metrics.external_changes.with_label_values(&["IPv6"]).get(),
+        r.metrics
+            .external_changes
+            .with_label_values(&["IPv6"])
+            .get(),
         1
     );
 
     r.handle(Event::KernelChanged(vec![(Family::V4, Damage::Other)]));
     r.sync(Instant::now());
-    assert_eq!(backend.0.lock().unwrap().reads, 2, "anything else: read again");
+    assert_eq!(
+        backend.0.lock().unwrap().reads,
+        2,
+        "anything else: read again"
+    );
 }

@@ -134,12 +134,19 @@ pub fn watch(events: mpsc::Sender<Event>) -> io::Result<()> {
         debug!(error = %e, "cannot enlarge the notification buffer");
     }
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    // What one transaction did, gathered until its end (`NEWGEN`): a large change is announced
+    // over many datagrams, and a deleted table announces its rules and chains first.
+    let mut damage: Vec<(Family, Damage)> = Vec::new();
     loop {
         buf.clear();
-        let mut damage: Vec<(Family, Damage)> = Vec::new();
+        let mut ended = false;
         match socket.recv(&mut buf, 0) {
             Ok(_) => {
                 for msg in messages(&buf) {
+                    if msg.msg_type == (SUBSYS_NFTABLES << 8) | MSG_NEWGEN {
+                        ended = true;
+                        continue;
+                    }
                     let table = nft_attrs(&msg)
                         .find(|a| a.kind == 1)
                         .and_then(|a| a.as_str());
@@ -160,14 +167,18 @@ pub fn watch(events: mpsc::Sender<Event>) -> io::Result<()> {
             Err(e) if e.raw_os_error() == Some(ENOBUFS) => {
                 warn!("nf_tables notifications were lost; checking our tables");
                 damage = Family::ALL.iter().map(|f| (*f, Damage::Other)).collect();
+                ended = true;
             }
             Err(e) => return Err(e),
         }
-        if damage.is_empty() {
+        if !ended || damage.is_empty() {
             continue;
         }
         debug!(?damage, "our tables were changed by someone else");
-        if events.send(Event::KernelChanged(damage)).is_err() {
+        if events
+            .send(Event::KernelChanged(std::mem::take(&mut damage)))
+            .is_err()
+        {
             return Ok(());
         }
     }
