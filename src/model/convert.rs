@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::names::{Label, ObjectKey, PortName, ServiceKey, Subdomain};
-use super::net::{Cidr, Family, Protocol, parse_ip, truncate};
+use super::net::{Cidr, Family, Protocol, parse_ip, printable, truncate};
 use super::{
     Endpoint, EndpointSlice, Node, ObjectId, Service, ServicePort, ServiceType, SlicePort,
 };
@@ -87,11 +87,12 @@ impl Checker {
         field: impl Into<String>,
         detail: impl Into<String>,
     ) -> InvalidObject {
+        // Both may quote object text: no control characters reach a log line.
         InvalidObject {
             id: self.id.clone(),
             reason,
-            field: field.into(),
-            detail: detail.into(),
+            field: printable(&field.into()),
+            detail: printable(&detail.into()),
         }
     }
 

@@ -231,18 +231,43 @@ fn parse_decimal(text: &str, max_digits: usize) -> Option<u32> {
 /// Shortens hostile input before it is echoed into a log line or error.
 pub fn truncate(text: &str) -> String {
     const MAX: usize = 64;
-    if text.chars().count() <= MAX {
-        text.to_string()
-    } else {
-        let mut s: String = text.chars().take(MAX).collect();
+    let mut s = printable(&text.chars().take(MAX).collect::<String>());
+    if text.chars().nth(MAX).is_some() {
         s.push('…');
-        s
     }
+    s
+}
+
+/// `text` with control characters and line breaks (`\n`, `\u{85}`, `\u{2028}`, …) written as
+/// escapes, so object text in a log line cannot start a forged line or drive a terminal
+/// (tracing's text format escapes ANSI sequences, not line breaks).
+pub fn printable(text: &str) -> String {
+    let unsafe_char = |c: char| c.is_control() || (c.is_whitespace() && c != ' ');
+    if !text.chars().any(unsafe_char) {
+        return text.to_string();
+    }
+    let mut s = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            s.extend(c.escape_default());
+        } else {
+            s.push(c);
+        }
+    }
+    s
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_text_in_logs_has_no_control_characters() {
+        assert_eq!(truncate("web\nINFO forged"), "web\\nINFO forged");
+        assert_eq!(printable("a\u{1b}[31m"), "a\\u{1b}[31m");
+        assert_eq!(printable("a\u{2028}b"), "a\\u{2028}b");
+        assert_eq!(truncate(&"x".repeat(70)).chars().count(), 65);
+    }
 
     #[test]
     fn ipv4_leading_zeros_are_decimal() {

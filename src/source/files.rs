@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::manifest::{self, Format, Outcome};
 use super::{Event, SourceError};
 use crate::metrics::Metrics;
+use crate::model::net::printable;
 use crate::model::{Object, ObjectId};
 use crate::state::Change;
 
@@ -192,7 +193,8 @@ impl FileSource {
         let found = match parsed {
             Ok(found) => found,
             Err(why) => {
-                warn!(%file, "skipping unparseable manifest: {why}");
+                // The parser quotes the file: keep it on one log line.
+                warn!(%file, "skipping unparseable manifest: {}", printable(&why));
                 self.metrics.invalid("file", "unparseable");
                 return None;
             }

@@ -10,6 +10,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde_json::Value;
 
 use crate::model::convert::{self, Converted, InvalidObject, InvalidReason};
+use crate::model::net::printable;
 use crate::model::{Object, ObjectId};
 
 /// Largest manifest file read (bigger files are refused as a whole).
@@ -52,6 +53,20 @@ pub enum Format {
     Json,
 }
 
+/// serde-saphyr's limits, scaled to the file. Its defaults (1,024 documents, 250,000 nodes,
+/// 1,000,000 events) refuse ordinary files of a few MiB, far below [`MAX_FILE_BYTES`]. Every
+/// document, node and event takes input bytes except those an alias replays, so these limits keep
+/// the work linear in the file's size, while the alias limits keep "billion laughs" refused.
+fn yaml_options(len: usize) -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = budget.max_documents.max(len / 8);
+    budget.max_nodes = budget.max_nodes.max(len / 2);
+    budget.max_events = budget.max_events.max(len);
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses a whole file.
 pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Found>, ManifestError> {
     if bytes.len() as u64 > MAX_FILE_BYTES {
@@ -63,7 +78,8 @@ pub fn parse(bytes: &[u8], format: Format) -> Result<Vec<Found>, ManifestError> 
         }
         Format::Yaml => {
             let text = std::str::from_utf8(bytes).map_err(|_| ManifestError::Encoding)?;
-            serde_saphyr::from_multiple(text).map_err(|e| ManifestError::Yaml(e.to_string()))?
+            serde_saphyr::from_multiple_with_options(text, yaml_options(text.len()))
+                .map_err(|e| ManifestError::Yaml(e.to_string()))?
         }
     };
     Ok(docs.into_iter().flat_map(|d| d.0).collect())
@@ -253,8 +269,8 @@ fn typed<T: serde::de::DeserializeOwned>(doc: Value, id: &ObjectId) -> Result<T,
             outcome: Outcome::Invalid(InvalidObject {
                 id: id.clone(),
                 reason: InvalidReason::Field,
-                field: e.path().to_string(),
-                detail: e.inner().to_string(),
+                field: printable(&e.path().to_string()),
+                detail: printable(&e.inner().to_string()),
             }),
         })
     })
