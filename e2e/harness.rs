@@ -675,9 +675,14 @@ impl Cluster {
 
     /// The proxy's metrics text (from inside the node namespace).
     pub fn metrics(&self) -> String {
+        self.try_metrics()
+            .unwrap_or_else(|e| panic!("metrics: {e}"))
+    }
+
+    /// The proxy's metrics text, or why there is none (not listening yet).
+    pub fn try_metrics(&self) -> Result<String, String> {
         self.node
             .exec(&[ECHO, "http-get", "127.0.0.1:10249", "/metrics"])
-            .unwrap_or_else(|e| panic!("metrics: {e}"))
     }
 }
 

@@ -159,21 +159,34 @@ fn manifest_target_on_seeds_and_mutations() {
     }
 }
 
-#[test]
-fn objects_target_on_seeds_and_random_inputs() {
-    let seeds = corpus("objects");
-    let mut rng = Rng::new(0x6f62_6a73);
+/// A target's seeds, then `count` inputs: every `mutated_every`-th a mutated seed, the others
+/// random bytes of up to `max_len`.
+fn seeded_inputs(
+    target: &str,
+    seed: u64,
+    count: usize,
+    mutated_every: usize,
+    max_len: usize,
+) -> Vec<Vec<u8>> {
+    let seeds = corpus(target);
+    let mut rng = Rng::new(seed);
     let mut inputs = seeds.clone();
-    for i in 0..OBJECTS_INPUTS {
-        if i % 3 == 0 {
+    for i in 0..count {
+        if i % mutated_every == 0 {
             let mut input = seeds[i % seeds.len()].clone();
             mutate(&mut rng, &mut input, &seeds);
             inputs.push(input);
         } else {
-            let len = 8 + rng.below(600);
+            let len = 8 + rng.below(max_len);
             inputs.push(rng.bytes(len));
         }
     }
+    inputs
+}
+
+#[test]
+fn objects_target_on_seeds_and_random_inputs() {
+    let inputs = seeded_inputs("objects", 0x6f62_6a73, OBJECTS_INPUTS, 3, 600);
     run_all("objects", &inputs, targets::objects);
     // Some inputs produce services; a sample of scripts goes through nft.
     let mut services = 0;
@@ -189,19 +202,7 @@ fn objects_target_on_seeds_and_random_inputs() {
 
 #[test]
 fn churn_target_on_seeds_and_random_inputs() {
-    let seeds = corpus("churn");
-    let mut rng = Rng::new(0x6368_726e);
-    let mut inputs = seeds.clone();
-    for i in 0..CHURN_INPUTS {
-        if i % 2 == 0 {
-            let mut input = seeds[i % seeds.len()].clone();
-            mutate(&mut rng, &mut input, &seeds);
-            inputs.push(input);
-        } else {
-            let len = 8 + rng.below(800);
-            inputs.push(rng.bytes(len));
-        }
-    }
+    let inputs = seeded_inputs("churn", 0x6368_726e, CHURN_INPUTS, 2, 800);
     run_all("churn", &inputs, targets::churn);
     let syncs: usize = inputs
         .iter()
