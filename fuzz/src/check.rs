@@ -89,13 +89,7 @@ pub fn vocabulary() -> &'static Vocabulary {
             words: SCRIPT_WORDS.iter().map(|w| w.to_string()).collect(),
             comments: HashSet::from([TABLE_COMMENT.to_string()]),
         };
-        let chains = t.base_chains.iter().map(|(_, c)| c).chain([
-            &t.service,
-            &t.endpoint,
-            &t.external,
-            &t.firewall,
-        ]);
-        for chain in chains {
+        for chain in t.chains() {
             if let Some(base) = chain.base {
                 v.add_words(&base.to_string());
             }

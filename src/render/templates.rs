@@ -221,18 +221,22 @@ impl Templates {
         Ok(templates)
     }
 
+    /// Every chain template: the base chains, then the per-service ones.
+    pub fn chains(&self) -> impl Iterator<Item = &ChainTemplate> {
+        self.base_chains.iter().map(|(_, c)| c).chain([
+            &self.service,
+            &self.endpoint,
+            &self.external,
+            &self.firewall,
+        ])
+    }
+
     /// Every `jump`/`goto` target and `@set` written literally in a template must be declared in
     /// the base template.
     fn check_references(&self) -> Result<(), TemplateError> {
         let chains: BTreeSet<&str> = self.base_chains.iter().map(|(n, _)| n.as_str()).collect();
         let sets: BTreeSet<&str> = self.sets.iter().map(|s| s.name.as_str()).collect();
-        let all = self.base_chains.iter().map(|(_, c)| c).chain([
-            &self.service,
-            &self.endpoint,
-            &self.external,
-            &self.firewall,
-        ]);
-        for chain in all {
+        for chain in self.chains() {
             for rule in &chain.rules {
                 let text = rule.shape.source();
                 let words: Vec<&str> = text.split_whitespace().collect();

@@ -1019,13 +1019,7 @@ mod tests {
     #[test]
     fn every_bundled_template_compiles() {
         let t = Templates::bundled().unwrap();
-        let chains = t.base_chains.iter().map(|(_, c)| c).chain([
-            &t.service,
-            &t.endpoint,
-            &t.external,
-            &t.firewall,
-        ]);
-        for chain in chains {
+        for chain in t.chains() {
             for rule in &chain.rules {
                 compile(&rule.shape).unwrap_or_else(|e| panic!("{e}"));
             }

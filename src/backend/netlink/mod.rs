@@ -34,13 +34,7 @@ impl NetlinkBackend {
     /// template the compiler does not know stops the start-up.
     pub fn new(templates: &'static Templates) -> Result<NetlinkBackend, BackendError> {
         let mut programs = Programs::default();
-        let chains = templates.base_chains.iter().map(|(_, c)| c).chain([
-            &templates.service,
-            &templates.endpoint,
-            &templates.external,
-            &templates.firewall,
-        ]);
-        for chain in chains {
+        for chain in templates.chains() {
             for rule in &chain.rules {
                 programs
                     .prepare(&rule.shape)
