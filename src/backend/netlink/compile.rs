@@ -519,6 +519,33 @@ fn addr_offset(family: Family, field: Field) -> u32 {
 
 /// nft's register for 32-bit slot `k` of a concatenation starting at register 1: a 16-byte
 /// register where the slot starts one, else the 4-byte register.
+/// Loads `[ip daddr .] meta l4proto . th dport` into 32-bit slots from register 1; returns the
+/// slot after the address (where the protocol went).
+fn load_destination_key(exprs: &mut Vec<Expr>, family: Family, with_addr: bool) -> u32 {
+    let mut slot = 0;
+    if with_addr {
+        let len = addr_len(family);
+        exprs.push(Expr::Payload {
+            dreg: REG_1,
+            base: Base::Network,
+            offset: addr_offset(family, Field::Daddr),
+            len,
+        });
+        slot = len / 4;
+    }
+    exprs.push(Expr::MetaLoad {
+        dreg: slot_reg(slot),
+        key: 16,
+    });
+    exprs.push(Expr::Payload {
+        dreg: slot_reg(slot + 1),
+        base: Base::Transport,
+        offset: 2,
+        len: 2,
+    });
+    slot
+}
+
 fn slot_reg(k: u32) -> u32 {
     if k.is_multiple_of(4) {
         REG_1 + k / 4
@@ -768,27 +795,7 @@ impl Program {
                 exprs.push(Expr::Verdict(v));
             }
             Stmt::ConcatVmap { with_addr, set } => {
-                let mut slot = 0;
-                if *with_addr {
-                    let len = addr_len(family);
-                    exprs.push(Expr::Payload {
-                        dreg: REG_1,
-                        base: Base::Network,
-                        offset: addr_offset(family, Field::Daddr),
-                        len,
-                    });
-                    slot = len / 4;
-                }
-                exprs.push(Expr::MetaLoad {
-                    dreg: slot_reg(slot),
-                    key: 16,
-                });
-                exprs.push(Expr::Payload {
-                    dreg: slot_reg(slot + 1),
-                    base: Base::Transport,
-                    offset: 2,
-                    len: 2,
-                });
+                load_destination_key(&mut exprs, family, *with_addr);
                 exprs.push(Expr::Lookup {
                     set: self.name(args, set)?,
                     set_id: None,
@@ -880,27 +887,7 @@ impl Program {
                 // The key is laid out in 32-bit slots from register 1: [address .] protocol .
                 // port . index; the endpoint's address comes back into register 1, the port
                 // goes into register 2.
-                let mut slot = 0;
-                if *with_addr {
-                    let len = addr_len(family);
-                    exprs.push(Expr::Payload {
-                        dreg: REG_1,
-                        base: Base::Network,
-                        offset: addr_offset(family, Field::Daddr),
-                        len,
-                    });
-                    slot = len / 4;
-                }
-                exprs.push(Expr::MetaLoad {
-                    dreg: slot_reg(slot),
-                    key: 16,
-                });
-                exprs.push(Expr::Payload {
-                    dreg: slot_reg(slot + 1),
-                    base: Base::Transport,
-                    offset: 2,
-                    len: 2,
-                });
+                let slot = load_destination_key(&mut exprs, family, *with_addr);
                 exprs.push(Expr::Numgen {
                     dreg: slot_reg(slot + 2),
                     modulus: self.number(args, count)?,
