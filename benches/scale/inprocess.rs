@@ -64,8 +64,7 @@ fn reconciler(kind: &str) -> Reconciler {
     let mut r = Reconciler::new(
         Timing {
             min_sync_period: Duration::ZERO,
-            sync_period: Duration::from_secs(30),
-            stale_chain_delay: Duration::from_secs(1),
+            ..Timing::default()
         },
         node,
         NodePortAddresses::Primary,

@@ -136,7 +136,7 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
         Some("verdict") => SetData::Verdict,
         Some("ipv4_addr") => SetData::Target(Family::V4),
         Some("ipv6_addr") => SetData::Target(Family::V6),
-        _ => return Some((name, unrecognised_set())),
+        _ => return Some((name, KernelSet::unrecognised())),
     };
     // Properties we never set mean the set is not in the shape we expect. (`size` is what the
     // kernel gives dynamic sets by default.)
@@ -153,7 +153,7 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
         Some(_) => None,
     };
     let (Some(key), Some(mut flags)) = (key.filter(|_| !unexpected), flags) else {
-        return Some((name, unrecognised_set()));
+        return Some((name, KernelSet::unrecognised()));
     };
     flags.sort();
     flags.dedup();
@@ -188,20 +188,6 @@ fn set(s: &Value) -> Option<(SetName, KernelSet)> {
             foreign_elements,
         },
     ))
-}
-
-/// A set whose declaration we do not recognise: its spec matches nothing we want.
-fn unrecognised_set() -> KernelSet {
-    KernelSet {
-        spec: SetSpec {
-            key: Vec::new(),
-            data: SetData::None,
-            flags: Vec::new(),
-            comment: None,
-        },
-        elements: BTreeMap::new(),
-        foreign_elements: true,
-    }
 }
 
 fn element(item: &Value, spec: &SetSpec) -> Option<(ElementKey, ElementValue)> {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{BaseChain, ChainName, Digest, ElementKey, ElementValue, SetName, SetSpec};
+use super::{BaseChain, ChainName, Digest, ElementKey, ElementValue, SetData, SetName, SetSpec};
 use crate::diff::{Op, Transaction};
 use crate::model::Family;
 
@@ -33,6 +33,22 @@ pub struct KernelSet {
     pub elements: BTreeMap<ElementKey, ElementValue>,
     /// Some elements could not be read as ours; the set must be flushed and refilled.
     pub foreign_elements: bool,
+}
+
+impl KernelSet {
+    /// A set whose declaration we do not recognise: its spec matches nothing we want.
+    pub fn unrecognised() -> KernelSet {
+        KernelSet {
+            spec: SetSpec {
+                key: Vec::new(),
+                data: SetData::None,
+                flags: Vec::new(),
+                comment: None,
+            },
+            elements: BTreeMap::new(),
+            foreign_elements: true,
+        }
+    }
 }
 
 /// One family's table in the kernel.

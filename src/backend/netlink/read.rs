@@ -154,7 +154,7 @@ pub fn table(sock: &mut NfSocket, family: Family) -> io::Result<KernelTable> {
         match set(m, flags) {
             Some((name, Some(spec))) => sets.push((name, spec)),
             Some((name, None)) => {
-                table.sets.insert(name, unrecognised_set());
+                table.sets.insert(name, KernelSet::unrecognised());
             }
             None => table.foreign = true,
         }
@@ -295,20 +295,6 @@ fn key_types(mut number: u32) -> Option<Vec<KeyType>> {
     }
     out.reverse();
     (!out.is_empty()).then_some(out)
-}
-
-/// A set whose declaration we do not recognise: its spec matches nothing we want.
-fn unrecognised_set() -> KernelSet {
-    KernelSet {
-        spec: SetSpec {
-            key: Vec::new(),
-            data: SetData::None,
-            flags: Vec::new(),
-            comment: None,
-        },
-        elements: BTreeMap::new(),
-        foreign_elements: true,
-    }
 }
 
 fn element(item: &Attr<'_>, spec: &SetSpec) -> Option<(ElementKey, ElementValue)> {
