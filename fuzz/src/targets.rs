@@ -148,36 +148,23 @@ fn delete_change(kind: &str, namespace: String, name: String) -> Change {
 /// The elements of one set.
 type SetElements = ((Family, SetName), Vec<(ElementKey, ElementValue)>);
 
-/// A fragment as a transaction, the way `explain` shows it (one op per set and chain), with the
-/// elements of each set in one op as a sync writes them.
+/// A fragment as a transaction, the way `explain` shows it (`diff::creating`), with the elements
+/// of each set gathered into one op, after the sets and chains, as a sync writes them.
 pub fn objects_transaction(items: &[Item]) -> Transaction {
     let mut ops = Vec::new();
     let mut elements: Vec<SetElements> = Vec::new();
-    for item in items.iter().cloned() {
-        match item {
-            Item::Set { family, name, spec } => ops.push(Op::AddSet(family, name, spec)),
-            Item::Chain {
-                family,
-                name,
-                chain,
-            } => {
-                ops.push(Op::AddChain(family, name.clone(), chain.base));
-                if !chain.rules.is_empty() {
-                    ops.push(Op::AddRules(family, name, chain));
+    for op in diff::creating(items.to_vec()).ops {
+        match op {
+            Op::AddElements(family, set, list) => {
+                match elements
+                    .iter_mut()
+                    .find(|(s, _)| *s == (family, set.clone()))
+                {
+                    Some((_, all)) => all.extend(list),
+                    None => elements.push(((family, set), list)),
                 }
             }
-            Item::Element {
-                family,
-                set,
-                key,
-                value,
-            } => match elements
-                .iter_mut()
-                .find(|(s, _)| *s == (family, set.clone()))
-            {
-                Some((_, list)) => list.push((key, value)),
-                None => elements.push(((family, set), vec![(key, value)])),
-            },
+            other => ops.push(other),
         }
     }
     for ((family, set), list) in elements {
