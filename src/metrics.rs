@@ -263,36 +263,42 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Every collector: the metrics above and the process metrics.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.sync_duration.clone()),
+            Box::new(self.sync_full_duration.clone()),
+            Box::new(self.sync_partial_duration.clone()),
+            Box::new(self.last_sync_timestamp.clone()),
+            Box::new(self.last_queued_timestamp.clone()),
+            Box::new(self.network_programming_duration.clone()),
+            Box::new(self.endpoint_changes_pending.clone()),
+            Box::new(self.endpoint_changes_total.clone()),
+            Box::new(self.service_changes_pending.clone()),
+            Box::new(self.service_changes_total.clone()),
+            Box::new(self.no_local_endpoints.clone()),
+            Box::new(self.sync_failures.clone()),
+            Box::new(self.cleanup_failures.clone()),
+            Box::new(self.healthz.clone()),
+            Box::new(self.livez.clone()),
+            Box::new(self.conntrack_deleted.clone()),
+            Box::new(self.conntrack_duration.clone()),
+            Box::new(self.invalid_input.clone()),
+            Box::new(self.conflicts.clone()),
+            Box::new(self.transaction_size.clone()),
+            Box::new(self.apply_duration.clone()),
+            Box::new(self.services.clone()),
+            Box::new(self.events.clone()),
+            Box::new(self.external_changes.clone()),
+            Box::new(self.quarantined.clone()),
+            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+        ]
+    }
+
     fn register_all(&self) -> prometheus::Result<()> {
-        let r = &self.registry;
-        r.register(Box::new(self.sync_duration.clone()))?;
-        r.register(Box::new(self.sync_full_duration.clone()))?;
-        r.register(Box::new(self.sync_partial_duration.clone()))?;
-        r.register(Box::new(self.last_sync_timestamp.clone()))?;
-        r.register(Box::new(self.last_queued_timestamp.clone()))?;
-        r.register(Box::new(self.network_programming_duration.clone()))?;
-        r.register(Box::new(self.endpoint_changes_pending.clone()))?;
-        r.register(Box::new(self.endpoint_changes_total.clone()))?;
-        r.register(Box::new(self.service_changes_pending.clone()))?;
-        r.register(Box::new(self.service_changes_total.clone()))?;
-        r.register(Box::new(self.no_local_endpoints.clone()))?;
-        r.register(Box::new(self.sync_failures.clone()))?;
-        r.register(Box::new(self.cleanup_failures.clone()))?;
-        r.register(Box::new(self.healthz.clone()))?;
-        r.register(Box::new(self.livez.clone()))?;
-        r.register(Box::new(self.conntrack_deleted.clone()))?;
-        r.register(Box::new(self.conntrack_duration.clone()))?;
-        r.register(Box::new(self.invalid_input.clone()))?;
-        r.register(Box::new(self.conflicts.clone()))?;
-        r.register(Box::new(self.transaction_size.clone()))?;
-        r.register(Box::new(self.apply_duration.clone()))?;
-        r.register(Box::new(self.services.clone()))?;
-        r.register(Box::new(self.events.clone()))?;
-        r.register(Box::new(self.external_changes.clone()))?;
-        r.register(Box::new(self.quarantined.clone()))?;
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
+        for collector in self.collectors() {
+            self.registry.register(collector)?;
+        }
         // Series that exist before their first event, so dashboards and alerts see zeros.
         for family in Family::ALL {
             let f = family_label(family);
@@ -314,37 +320,7 @@ impl Metrics {
     /// The name of every metric family exported (also those without samples yet), for
     /// dashboards and alerts to be checked against.
     pub fn names(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        let collectors: [&dyn Collector; 26] = [
-            &self.sync_duration,
-            &self.sync_full_duration,
-            &self.sync_partial_duration,
-            &self.last_sync_timestamp,
-            &self.last_queued_timestamp,
-            &self.network_programming_duration,
-            &self.endpoint_changes_pending,
-            &self.endpoint_changes_total,
-            &self.service_changes_pending,
-            &self.service_changes_total,
-            &self.no_local_endpoints,
-            &self.sync_failures,
-            &self.cleanup_failures,
-            &self.healthz,
-            &self.livez,
-            &self.conntrack_deleted,
-            &self.conntrack_duration,
-            &self.invalid_input,
-            &self.conflicts,
-            &self.transaction_size,
-            &self.apply_duration,
-            &self.services,
-            &self.events,
-            &self.external_changes,
-            &self.quarantined,
-            &process,
-        ];
-        collectors
+        self.collectors()
             .iter()
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
