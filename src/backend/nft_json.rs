@@ -98,14 +98,11 @@ pub fn table(json: &[u8]) -> Result<KernelTable, String> {
         }
     }
     for (name, chain) in table.chains.iter_mut() {
-        chain.content = match rules.get(name.as_str()) {
-            None | Some((0, _)) => ChainContent::Empty,
-            Some((count, Some(digest))) => ChainContent::Ours {
-                digest: *digest,
-                rules: *count,
-            },
-            Some((_, None)) => ChainContent::Unknown,
-        };
+        chain.content = rules
+            .get(name.as_str())
+            .map_or(ChainContent::Empty, |(count, digest)| {
+                ChainContent::read(*count, *digest)
+            });
     }
     Ok(table)
 }

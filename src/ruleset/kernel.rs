@@ -19,6 +19,18 @@ pub enum ChainContent {
     Unknown,
 }
 
+impl ChainContent {
+    /// What a chain read back from the kernel holds: `count` rules, the first carrying `digest`
+    /// in its comment if it is one of ours.
+    pub fn read(count: usize, digest: Option<Digest>) -> ChainContent {
+        match (count, digest) {
+            (0, _) => ChainContent::Empty,
+            (rules, Some(digest)) => ChainContent::Ours { digest, rules },
+            (_, None) => ChainContent::Unknown,
+        }
+    }
+}
+
 /// A chain in the kernel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KernelChain {

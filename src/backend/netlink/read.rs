@@ -135,14 +135,11 @@ pub fn table(sock: &mut NfSocket, family: Family) -> io::Result<KernelTable> {
         entry.0 += 1;
     })?;
     for (name, chain) in table.chains.iter_mut() {
-        chain.content = match rules.get(name.as_str()) {
-            None | Some((0, _)) => ChainContent::Empty,
-            Some((count, Some(digest))) => ChainContent::Ours {
-                digest: *digest,
-                rules: *count,
-            },
-            Some((_, None)) => ChainContent::Unknown,
-        };
+        chain.content = rules
+            .get(name.as_str())
+            .map_or(ChainContent::Empty, |(count, digest)| {
+                ChainContent::read(*count, *digest)
+            });
     }
 
     let mut sets: Vec<(SetName, SetSpec)> = Vec::new();
